@@ -1,0 +1,57 @@
+"""Chain-of-Agents: long-context tasks with short-window language models.
+
+    >>> import coa
+    >>> result = coa.ask(open("hamlet.txt").read(), "Who kills Polonius?", window=2048)
+    >>> result.answer, result.usage
+"""
+
+from __future__ import annotations
+
+from coa.config import Config
+from coa.errors import CoaError, ConfigError, ContextOverflowError, InputError, ModelError
+from coa.models.base import Completion, Model
+from coa.models.registry import load_model
+from coa.models.scripted import ScriptedModel
+from coa.strategies.chain import ChainOfAgents
+from coa.task import Call, Kind, Result, Task, Usage
+
+__all__ = [
+    "Call",
+    "ChainOfAgents",
+    "CoaError",
+    "Completion",
+    "Config",
+    "ConfigError",
+    "ContextOverflowError",
+    "InputError",
+    "Kind",
+    "Model",
+    "ModelError",
+    "Result",
+    "ScriptedModel",
+    "Task",
+    "Usage",
+    "ask",
+    "load_model",
+    "run",
+    "summarize",
+]
+
+
+def run(task: Task, model: Model | str = "embedded", **settings) -> Result:
+    """Run Chain of Agents on `task`; `settings` are `Config` fields (window, max_cu_tokens, ...)."""
+    config = Config(**settings)
+    if isinstance(model, str):
+        model = load_model(model, window=config.window)
+    return ChainOfAgents(model, config).run(task)
+
+
+def ask(document: str, question: str, *, choices=(), model: Model | str = "embedded", **settings) -> Result:
+    """Answer `question` about `document` (multiple-choice when `choices` are given)."""
+    kind = Kind.MCQ if choices else Kind.QA
+    return run(Task(document, question, kind, tuple(choices)), model, **settings)
+
+
+def summarize(document: str, query: str | None = None, *, model: Model | str = "embedded", **settings) -> Result:
+    """Summarize `document`, focused on `query` if given."""
+    return run(Task(document, query, Kind.SUMMARIZE), model, **settings)

@@ -1,0 +1,134 @@
+"""The `coa` command: parses, calls the library, prints. Errors are one line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from coa.config import DEFAULT_WINDOW, Config
+from coa.documents import read_document
+from coa.errors import CoaError
+from coa.progress import ChainPrinter
+from coa.task import Kind, Result, Task
+
+stderr = Console(stderr=True, highlight=False)
+
+
+class Failure(click.ClickException):
+    exit_code = 2
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CoaError as e:
+            raise Failure(str(e)) from None
+
+
+def run_options(command):
+    """Options shared by every command that runs a strategy."""
+    options = [
+        click.option("--model", "-m", default="embedded", show_default=True, help="embedded, gguf:PATH, openai:NAME or scripted."),
+        click.option("--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server URL [env: OPENAI_BASE_URL]."),
+        click.option("--api-key", envvar="OPENAI_API_KEY", help="API key for the server [env: OPENAI_API_KEY]."),
+        click.option("--window", "-w", type=click.IntRange(min=64), default=DEFAULT_WINDOW, show_default=True, help="Context window in tokens (capped at the model's)."),
+        click.option("--max-cu-tokens", type=click.IntRange(min=1), help="Longest communication unit [default: 1024, or window/8 if smaller]."),
+        click.option("--requirement", help="Replace the task requirement given to the manager."),
+        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option("--seed", type=int, help="Sampling seed."),
+        click.option("--prompts-dir", type=click.Path(file_okay=False, path_type=Path), help="Directory of prompt files overriding the packaged ones."),
+        click.option("--json", "as_json", is_flag=True, help="Print the answer and the full trace as one JSON object."),
+        click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Also write the trace as JSON to this file."),
+        click.option("--verbose", "-v", is_flag=True, help="Print every worker's output as the chain runs."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="chainofagents")
+def cli() -> None:
+    """Chain-of-Agents: answer, summarize and complete over inputs longer than the model's window."""
+
+
+@cli.command()
+@click.argument("file")
+@click.argument("question")
+@click.option("--choices", "-c", multiple=True, help="An option of a multiple-choice question (repeat for each).")
+@run_options
+def ask(file: str, question: str, choices: tuple[str, ...], **options) -> None:
+    """Answer QUESTION about FILE ("-" reads stdin)."""
+    kind = Kind.MCQ if choices else Kind.QA
+    _run(file, lambda text: Task(text, question, kind, choices, options["requirement"]), **options)
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--query", "-q", help="Focus the summary on this query.")
+@run_options
+def summarize(file: str, query: str | None, **options) -> None:
+    """Summarize FILE ("-" reads stdin)."""
+    _run(file, lambda text: Task(text, query, Kind.SUMMARIZE, requirement=options["requirement"]), **options)
+
+
+@cli.command()
+@click.argument("file")
+@run_options
+def complete(file: str, **options) -> None:
+    """Write the next line of the code in FILE ("-" reads stdin)."""
+    _run(file, lambda text: Task(text, None, Kind.CODE, requirement=options["requirement"]), **options)
+
+
+@cli.command()
+def models() -> None:
+    """List the model backends and the embedded model's file."""
+    from coa.models.llamacpp import describe_embedded
+    from coa.models.registry import BACKENDS
+
+    for backend in BACKENDS:
+        click.echo(f"{backend.form:<14} {backend.description}")
+    click.echo()
+    for key, value in describe_embedded().items():
+        click.echo(f"embedded {key}: {value}")
+
+
+def _run(file: str, make_task, *, model, base_url, api_key, window, max_cu_tokens, requirement,
+         temperature, seed, prompts_dir, as_json, trace, verbose) -> None:
+    from coa.models.registry import load_model
+    from coa.strategies.chain import ChainOfAgents
+
+    if trace is not None and not trace.parent.is_dir():
+        raise Failure(f"--trace {trace}: directory {trace.parent} does not exist")
+    if prompts_dir is not None and not prompts_dir.is_dir():
+        raise Failure(f"--prompts-dir {prompts_dir}: no such directory")
+    document = read_document(file)
+    for warning in document.warnings:
+        stderr.print(f"warning: {warning}")
+    task = make_task(document.text)
+    backend = load_model(model, window=window, base_url=base_url, api_key=api_key)
+    config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, prompts_dir=prompts_dir)
+    with ChainPrinter(stderr, verbose=verbose) as printer:
+        result = ChainOfAgents(backend, config, observer=printer).run(task)
+    result.warnings.extend(document.warnings)
+    _print(result, as_json)
+    if trace is not None:
+        trace.write_text(result.to_json(), encoding="utf-8")
+
+
+def _print(result: Result, as_json: bool) -> None:
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        click.echo(result.answer)
+
+
+def main() -> None:
+    cli(prog_name="coa")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

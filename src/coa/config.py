@@ -1,0 +1,23 @@
+"""Run settings shared by every strategy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_WINDOW = 8192
+DEFAULT_CU_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    window: int = DEFAULT_WINDOW  # capped at the model's own context window
+    max_cu_tokens: int | None = None  # default: 1024, or window // 8 if smaller
+    temperature: float = 0.0
+    seed: int | None = None
+    prompts_dir: Path | None = None  # searched for prompt files before the package's own
+    grounding: bool | None = None  # keep only CU sentences the sources contain; default: QA kinds
+
+    def cu_limit(self, window: int) -> int:
+        # The paper's 1024-token CU fits an 8k window; smaller windows get a proportional one.
+        return self.max_cu_tokens or min(DEFAULT_CU_TOKENS, window // 8)

@@ -1,0 +1,54 @@
+"""The model seam: complete a chat, count tokens, know the context window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+Messages = list[dict[str, str]]  # [{"role": "system" | "user" | "assistant", "content": str}]
+
+# Chat templates wrap every message in a few special tokens (ChatML, which SmolLM2
+# uses, spends 5) and prime the reply with a few more. Prompts are budgeted with
+# these conservative allowances so that no template can push a call past the window.
+MESSAGE_OVERHEAD = 8
+REPLY_OVERHEAD = 8
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    finish_reason: str = "stop"  # "stop", "length" or "repetition"
+
+
+@runtime_checkable
+class Model(Protocol):
+    name: str
+    context_window: int
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def complete(
+        self, messages: Messages, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
+    ) -> Completion: ...
+
+
+def count_prompt(model: Model, messages: Messages) -> int:
+    """Tokens a chat prompt occupies, template allowance included."""
+    return REPLY_OVERHEAD + sum(MESSAGE_OVERHEAD + model.count_tokens(m["content"]) for m in messages)
+
+
+def truncate_to_tokens(model: Model, text: str, limit: int) -> str:
+    """The longest prefix of `text` with at most `limit` tokens (binary search on characters)."""
+    if model.count_tokens(text) <= limit:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if model.count_tokens(text[:mid]) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]

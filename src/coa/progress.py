@@ -1,0 +1,37 @@
+"""A live line per call on stderr while a strategy runs."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+
+from coa.strategies.base import Progress
+
+class ChainPrinter:
+    """Observer that shows a spinner for the running call and a line for each finished one."""
+
+    def __init__(self, console: Console, verbose: bool = False) -> None:
+        self.console = console
+        self.verbose = verbose
+        self.status = console.status("starting", spinner="dots")
+
+    def __enter__(self) -> ChainPrinter:
+        self.status.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.status.stop()
+
+    def __call__(self, event: Progress) -> None:
+        label = f"{event.role} {event.index + 1}/{event.total}"
+        call = event.call
+        if call is None:
+            self.status.update(f"{label} running")
+            return
+        output = " ".join(call.output.split())
+        line = f"[bold]{label:<12}[/] {call.prompt_tokens:>6,} → {call.completion_tokens:<5,} tokens {call.seconds:6.1f}s"
+        if self.verbose:
+            self.console.print(line)
+            self.console.print(escape(call.output.strip()), style="dim")
+        else:
+            self.console.print(f"{line}  [dim]{escape(output)}[/]", no_wrap=True, overflow="ellipsis", crop=True)

@@ -1,0 +1,115 @@
+"""What a run is asked (Task) and what it returns (Result, a trace of Calls)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from coa.errors import InputError
+
+
+class Kind(StrEnum):
+    QA = "qa"  # free-form question answering
+    MCQ = "mcq"  # multiple-choice question answering
+    SUMMARIZE = "summarize"  # summarization, optionally focused by a query
+    CODE = "code"  # next-line code completion
+
+    @property
+    def needs_query(self) -> bool:
+        return self in (Kind.QA, Kind.MCQ)
+
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A long input and what to do with it.
+
+    For code completion the query is the code right before the line to write;
+    when it is omitted, the last lines of the document serve.
+    """
+
+    document: str
+    query: str | None = None
+    kind: Kind = Kind.QA
+    choices: tuple[str, ...] = ()
+    requirement: str | None = None  # overrides the prompt's default task requirement
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if not self.document.strip():
+            raise InputError("the document is empty")
+        if self.kind.needs_query and not (self.query or "").strip():
+            raise InputError(f"a {self.kind} task needs a question")
+        if self.kind is Kind.MCQ and not 2 <= len(self.choices) <= len(LETTERS):
+            raise InputError(f"a multiple-choice task needs 2 to {len(LETTERS)} choices")
+        if self.kind is not Kind.MCQ and self.choices:
+            raise InputError("choices only apply to multiple-choice tasks")
+
+    @property
+    def lettered_choices(self) -> list[str]:
+        return [f"{letter}. {text}" for letter, text in zip(LETTERS, self.choices)]
+
+
+@dataclass
+class Call:
+    """One model call in a run."""
+
+    role: str  # "worker" or "manager"
+    index: int  # worker position in the chain (0-based); 0 for the manager
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    output: str  # what the model wrote
+    span: tuple[int, int] | None = None  # token span of the chunk this call read
+    cu: str | None = None  # what a worker passed on (its output, unless grounding changed it)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    calls: int
+    seconds: float  # time spent inside the model
+
+
+@dataclass
+class Result:
+    """The answer and the record of every call that produced it."""
+
+    answer: str
+    strategy: str
+    model: str
+    window: int
+    kind: Kind
+    calls: list[Call]
+    seconds: float  # wall time of the whole run
+    settings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=sum(c.prompt_tokens for c in self.calls),
+            completion_tokens=sum(c.completion_tokens for c in self.calls),
+            calls=len(self.calls),
+            seconds=sum(c.seconds for c in self.calls),
+        )
+
+    @property
+    def workers(self) -> list[Call]:
+        return [c for c in self.calls if c.role == "worker"]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["usage"] = asdict(self.usage)
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
