@@ -97,8 +97,8 @@ class LoopGuard:
         n = len(masked)
         for period in range(1, min(LOOP_MAX_PERIOD, n // 3) + 1):
             span = period * max(3, math.ceil(LOOP_MIN_TOKENS / period))
-            if span > n:
-                break
+            if span > n:  # not monotonic in the period (3 x 6 > 4 x 4): keep looking
+                continue
             tail = masked[n - span :]
             if np.array_equal(tail[period:], tail[:-period]):
                 self.kept = output[: n - span + period]

@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_PLAY = REPO / "examples" / "macbeth-act1.txt"
+
+
+def data_dir() -> Path:
+    """The shared real data: COA_DATA_DIR, or ../shared/data beside the checkout."""
+    return Path(os.environ.get("COA_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def books() -> Path:
+    path = data_dir() / "books"
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (set COA_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    from coa import load_model
+
+    return load_model("embedded", window=2048)
+
+
+def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real `coa` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "coa", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""},
+    )

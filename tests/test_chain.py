@@ -1,0 +1,219 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coa import ChainOfAgents, Config, ConfigError, ContextOverflowError, Kind, ScriptedModel, Task
+from coa.models.base import count_prompt
+from coa.prompts import load_prompt
+
+
+def document(sentences: int) -> str:
+    return " ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(sentences))
+
+
+def chain(outputs=(), *, window=400, grounding=False, **config):
+    model = ScriptedModel(outputs, context_window=window)
+    return model, ChainOfAgents(model, Config(window=window, max_cu_tokens=40, grounding=grounding, **config))
+
+
+def worker_prompts(model):
+    return model.prompts[:-1]
+
+
+def user_text(messages):
+    return messages[-1]["content"]
+
+
+def sentences_read(model):
+    """The numbers of the document's sentences, in the order the workers read them."""
+    numbers = []
+    for messages in worker_prompts(model):
+        chunk = user_text(messages).split("\n\nQuestion:")[0]
+        numbers += [int(word) for word in chunk.split() if word.isdigit()][::2]
+    return numbers
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sentences=st.integers(min_value=1, max_value=150),
+    window=st.integers(min_value=330, max_value=2000),
+    cu_tokens=st.integers(min_value=1, max_value=60),
+    output_words=st.lists(st.integers(min_value=0, max_value=200), min_size=1, max_size=5),
+    kind=st.sampled_from(list(Kind)),
+)
+def test_no_prompt_ever_exceeds_the_window(sentences, window, cu_tokens, output_words, kind):
+    # Outputs longer than the CU limit are cut by the model like a real one would; the chain
+    # must still keep every prompt plus its generation limit inside the window.
+    model = ScriptedModel(reply=lambda m: "word " * output_words[len(model.prompts) % len(output_words)], context_window=window)
+    task = Task(
+        document(sentences),
+        query=None if kind in (Kind.SUMMARIZE, Kind.CODE) else "What happened in event 7?",
+        kind=kind,
+        choices=("event seven", "event eight") if kind is Kind.MCQ else (),
+    )
+    try:
+        result = ChainOfAgents(model, Config(window=window, max_cu_tokens=cu_tokens)).run(task)
+    except ConfigError:
+        return  # a window too small for this prompt is refused up front, never overrun
+    assert len(model.prompts) == len(result.calls)
+    for messages, max_tokens in zip(model.prompts, model.max_tokens):
+        assert count_prompt(model, messages) + max_tokens <= window
+
+
+def test_cu_of_worker_i_minus_1_reaches_worker_i():
+    model, coa = chain([f"summary-{i} of part {i}" for i in range(50)])
+    result = coa.run(Task(document(60), "What happened?"))
+    workers = worker_prompts(model)
+    assert len(workers) >= 3
+    assert "(none)" in user_text(workers[0])
+    for i in range(1, len(workers)):
+        assert f"summary-{i - 1} of part" in user_text(workers[i])
+        assert f"summary-{i} of part" not in user_text(workers[i])
+    assert [c.cu for c in result.workers] == [f"summary-{i} of part {i}" for i in range(len(workers))]
+
+
+def test_manager_sees_only_the_last_cu_and_the_query():
+    model, coa = chain([f"summary-{i}" for i in range(50)])
+    coa.run(Task(document(60), "What happened in event 7?"))
+    last = len(model.prompts) - 2
+    manager = user_text(model.prompts[-1])
+    assert f"summary-{last}" in manager
+    assert "What happened in event 7?" in manager
+    assert not any(f"summary-{i}\n" in manager or f"summary-{i} " in manager for i in range(last))
+    assert "Sentence number" not in manager  # no source text reaches the manager
+
+
+def test_workers_read_every_chunk_in_order_once():
+    text = document(80)
+    model, coa = chain()
+    result = coa.run(Task(text, "What happened?"))
+    spans = [c.span for c in result.workers]
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert sentences_read(model) == list(range(80))
+
+
+@pytest.mark.parametrize(
+    ("kind", "query", "choices", "marker"),
+    [
+        (Kind.QA, "Who?", (), "help answer the question"),
+        (Kind.MCQ, "Who?", ("Ann", "Bob"), "help decide between the options"),
+        (Kind.SUMMARIZE, None, (), "running summary"),
+        (Kind.CODE, None, (), "write the next line"),
+    ],
+)
+def test_each_task_kind_uses_its_own_prompts(kind, query, choices, marker):
+    model, coa = chain(window=600)
+    coa.run(Task(document(40), query, kind, choices))
+    worker = load_prompt("coa", "worker", kind)
+    manager = load_prompt("coa", "manager", kind)
+    assert marker in user_text(model.prompts[0])
+    assert model.prompts[0][0]["content"] == worker.system.strip()
+    assert model.prompts[-1][0]["content"] == manager.system.strip()
+    others = [k for k in Kind if k is not kind]
+    for other in others:
+        assert load_prompt("coa", "worker", other).user.render != worker.user.render
+    if choices:
+        assert "A. Ann" in user_text(model.prompts[0]) and "B. Bob" in user_text(model.prompts[-1])
+
+
+def test_requirement_override_reaches_only_the_manager():
+    model, coa = chain()
+    coa.run(Task(document(30), "Who?", requirement="Reply in French."))
+    assert "Reply in French." in user_text(model.prompts[-1])
+    assert all("Reply in French." not in user_text(p) for p in worker_prompts(model))
+
+
+def test_generation_limits_are_sized_for_the_role_and_kind():
+    model, coa = chain()
+    coa.run(Task(document(30), "Who?"))
+    assert set(model.max_tokens[:-1]) == {40}  # workers: the CU limit
+    assert model.max_tokens[-1] == load_prompt("coa", "manager", "qa").max_tokens
+
+
+def test_grounding_drops_sentences_the_sources_do_not_contain():
+    text = document(30)
+    outputs = ["The password is swordfish. Sentence number 3 tells of event 3 in the story."] + ["Made up claim."] * 40
+    model, coa = chain(outputs, grounding=True)
+    result = coa.run(Task(text, "What happened in event 3?"))
+    first, second = result.workers[0], result.workers[1]
+    assert first.cu == "Sentence number 3 tells of event 3 in the story."
+    assert "swordfish" in first.output  # the trace keeps what the model wrote
+    assert second.cu == first.cu  # nothing supported: the previous CU carries on
+    assert "Sentence number 3 tells of event 3" in user_text(model.prompts[-1])
+    assert result.settings["grounding"] is True
+
+
+def test_grounding_defaults_on_for_questions_and_off_for_summaries():
+    for kind, query, expected in ((Kind.QA, "Who?", True), (Kind.SUMMARIZE, None, False)):
+        model = ScriptedModel(["Not in the text at all."] * 40, context_window=400)
+        result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40)).run(Task(document(30), query, kind))
+        assert result.settings["grounding"] is expected
+        assert (result.workers[0].cu == "") is expected
+
+
+def test_a_window_too_small_is_a_clear_error():
+    model = ScriptedModel(context_window=8192)
+    with pytest.raises(ConfigError, match="window 120 is too small"):
+        ChainOfAgents(model, Config(window=120, max_cu_tokens=40)).run(Task(document(10), "Who?"))
+
+
+def test_window_is_capped_at_the_models_own():
+    model = ScriptedModel(context_window=500)
+    result = ChainOfAgents(model, Config(window=8192)).run(Task(document(50), "Who?"))
+    assert result.window == 500
+    assert result.settings["max_cu_tokens"] == 500 // 8
+
+
+class OverflowingModel(ScriptedModel):
+    """Says its context overflows whenever a prompt is longer than `real_limit`."""
+
+    def __init__(self, real_limit, **kwargs):
+        super().__init__(**kwargs)
+        self.real_limit = real_limit
+        self.refused = 0
+
+    def complete(self, messages, **kwargs):
+        if count_prompt(self, messages) > self.real_limit:
+            self.refused += 1
+            raise ContextOverflowError("server: this model's maximum context length is exceeded")
+        return super().complete(messages, **kwargs)
+
+
+def test_a_context_overflow_from_the_server_rechunks_smaller_and_carries_on():
+    text = document(80)
+    model = OverflowingModel(real_limit=350, context_window=600)
+    result = ChainOfAgents(model, Config(window=600, max_cu_tokens=30)).run(Task(text, "Who?"))
+    assert model.refused >= 1 and result.settings["rechunks"] >= 1
+    assert result.answer
+    assert sentences_read(model) == list(range(80))  # the re-split document is still read whole, once, in order
+
+
+def test_an_overflow_that_never_ends_is_reported():
+    model = OverflowingModel(real_limit=10, context_window=600)
+    with pytest.raises(ContextOverflowError):
+        ChainOfAgents(model, Config(window=600, max_cu_tokens=30)).run(Task(document(80), "Who?"))
+
+
+def test_code_completion_uses_the_last_lines_and_returns_one_line():
+    code = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(40))
+    model, coa = chain(window=600)
+    model.reply = lambda m: "```python\n    return x + 40\nmore\n```" if "next line of code" in m[-1]["content"] else "summary"
+    result = coa.run(Task(code, kind=Kind.CODE))
+    assert result.answer == "    return x + 40"  # indentation is part of the line
+    assert "def f39(x):" in user_text(model.prompts[-1])
+
+
+def test_trace_accounts_for_every_call_and_serialises():
+    model, coa = chain()
+    result = coa.run(Task(document(60), "Who?"))
+    data = json.loads(result.to_json())
+    assert {"answer", "strategy", "model", "window", "calls", "usage"} <= data.keys()
+    assert data["strategy"] == "coa" and data["model"] == "scripted" and data["window"] == 400
+    assert [c["role"] for c in data["calls"]] == ["worker"] * (len(data["calls"]) - 1) + ["manager"]
+    for call in data["calls"]:
+        assert {"role", "index", "prompt_tokens", "completion_tokens", "seconds", "output", "span"} <= call.keys()
+    assert data["usage"]["calls"] == len(model.prompts)
+    assert data["usage"]["prompt_tokens"] == sum(count_prompt(model, m) for m in model.prompts)
+    assert data["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in data["calls"])

@@ -1,0 +1,106 @@
+"""The `coa` command end to end, with the scripted model unless a test needs more."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+SCRIPTED = ("--model", "scripted", "--window", "400", "--max-cu-tokens", "40")
+
+
+@pytest.fixture
+def story(tmp_path):
+    path = tmp_path / "story.txt"
+    path.write_text(" ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(60)))
+    return path
+
+
+def test_ask_prints_the_answer_and_progress(story):
+    result = run_cli("ask", story, "What happened?", *SCRIPTED)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip().startswith("scripted output")
+    progress = result.stderr.decode()
+    assert "worker 1/" in progress and "manager 1/1" in progress
+
+
+def test_json_has_the_documented_shape(story, tmp_path):
+    trace = tmp_path / "trace.json"
+    result = run_cli("ask", story, "What happened?", *SCRIPTED, "--json", "--trace", trace)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"answer", "strategy", "model", "window", "calls", "usage"} <= data.keys()
+    assert (data["strategy"], data["model"], data["window"]) == ("coa", "scripted", 400)
+    roles = [c["role"] for c in data["calls"]]
+    assert roles.count("worker") >= 3 and roles[-1] == "manager"
+    for call in data["calls"]:
+        assert {"role", "index", "prompt_tokens", "completion_tokens", "seconds", "output"} <= call.keys()
+    assert data["usage"]["calls"] == len(data["calls"])
+    assert data["usage"]["prompt_tokens"] == sum(c["prompt_tokens"] for c in data["calls"])
+    assert json.loads(trace.read_text()) == data
+
+
+def test_stdin_summarize_and_choices(story):
+    text = story.read_bytes()
+    assert run_cli("summarize", "-", *SCRIPTED, stdin=text).returncode == 0
+    result = run_cli("ask", story, "Which?", "-c", "event one", "-c", "event two", *SCRIPTED, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kind"] == "mcq"
+
+
+def test_complete_code(tmp_path):
+    code = tmp_path / "m.py"
+    code.write_text("".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(50)))
+    result = run_cli("complete", code, *SCRIPTED, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kind"] == "code"
+
+
+def test_models_lists_backends_and_the_embedded_file():
+    result = run_cli("models")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    for form in ("embedded", "gguf:PATH", "openai:NAME"):
+        assert form in out
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in out and "embedded window: 8192" in out
+
+
+def test_few_invalid_bytes_warn_and_still_answer(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes(("Sentence about events. " * 80).encode() + b"caf\xe9 " + b"end.")
+    result = run_cli("ask", path, "What?", *SCRIPTED)
+    assert result.returncode == 0
+    assert "warning:" in result.stderr.decode() and "1 invalid UTF-8" in result.stderr.decode()
+
+
+def bad_inputs(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("  \n\t\n ")
+    (tmp_path / "nul.bin").write_bytes(b"abc\x00def" * 10)
+    (tmp_path / "noise.bin").write_bytes(bytes(range(128, 256)) * 20)
+    (tmp_path / "ok.txt").write_text("Some text. " * 100)
+    ok = tmp_path / "ok.txt"
+    return [
+        (["ask", tmp_path / "missing.txt", "Q?", "--model", "scripted"], "no such file"),
+        (["ask", tmp_path, "Q?", "--model", "scripted"], "is a directory"),
+        (["ask", tmp_path / "empty.txt", "Q?", "--model", "scripted"], "empty"),
+        (["summarize", tmp_path / "blank.txt", "--model", "scripted"], "empty"),
+        (["ask", tmp_path / "nul.bin", "Q?", "--model", "scripted"], "binary"),
+        (["ask", tmp_path / "noise.bin", "Q?", "--model", "scripted"], "not UTF-8"),
+        (["ask", ok, "Q?", "--model", "scripted", "--window", "100"], "too small"),
+        (["ask", ok, "Q?", "--model", "nonsense"], "unknown model 'nonsense'"),
+        (["ask", ok, "Q?", "--model", "gguf:/no/such.gguf"], "no GGUF file"),
+        (["ask", ok, "Q?", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1"], "cannot reach"),
+        (["ask", ok, "   ", "--model", "scripted"], "needs a question"),
+        (["ask", ok, "Q?", "--model", "scripted", "--trace", tmp_path / "no" / "t.json"], "does not exist"),
+    ]
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
+    for args, message in bad_inputs(tmp_path):
+        result = run_cli(*args)
+        err = result.stderr.decode()
+        assert result.returncode == 2, (args, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert result.stdout == b""

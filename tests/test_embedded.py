@@ -1,0 +1,90 @@
+"""The real embedded model (SmolLM2-135M through llama.cpp): small documents, real answers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from coa import ContextOverflowError
+from coa.models.base import count_prompt
+from coa.models.llamacpp import LoopGuard
+from conftest import EXAMPLE_PLAY, run_cli
+
+pytestmark = pytest.mark.model
+
+NEEDLE = "The secret password to the castle vault is BLUE-HARBOR-42."
+
+
+def test_loop_guard_stops_exact_and_counting_loops():
+    digits = np.zeros(100, dtype=bool)
+    digits[[5, 6, 7]] = True  # pretend tokens 5-7 are digits
+    prompt = [50, 51, 52]
+    exact = LoopGuard(len(prompt), digits)
+    text = prompt + [10, 11]
+    for _ in range(6):
+        text += [20, 21, 22, 23]
+        if exact(np.array(text), None):
+            break
+    assert exact.kept is not None and exact.kept.tolist() == [10, 11, 20, 21, 22, 23]
+
+    counting = LoopGuard(len(prompt), digits)
+    loop = [30, 31, 5, 32]  # "Guard 1." "Guard 2." ... differ only in the digit token
+    stream = prompt + [loop[0], loop[1], 5, loop[3], loop[0], loop[1], 6, loop[3], loop[0], loop[1], 7, loop[3]]
+    stream += [loop[0], loop[1], 5, loop[3]]
+    assert any(counting(np.array(stream[:n]), None) for n in range(len(prompt) + 1, len(stream) + 1))
+
+    honest = LoopGuard(len(prompt), digits)
+    varied = prompt + list(range(60, 100))
+    assert not any(honest(np.array(varied[:n]), None) for n in range(len(prompt) + 1, len(varied) + 1))
+
+
+def test_token_counts_and_usage_match_the_tokenizer(embedded):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    completion = embedded.complete(messages, max_tokens=8)
+    prompt, _ = embedded.format(messages)
+    exact = len(embedded._llm.tokenize(prompt.encode(), add_bos=True, special=True))
+    assert completion.prompt_tokens == exact <= count_prompt(embedded, messages)
+    assert 0 < completion.completion_tokens <= 8
+    assert embedded.count_tokens("hello world") == 2
+    assert embedded.context_window == 2048
+
+
+def test_an_oversized_prompt_is_a_context_overflow(embedded):
+    with pytest.raises(ContextOverflowError):
+        embedded.complete([{"role": "user", "content": "word " * 3000}], max_tokens=8)
+
+
+def haystack(books, tokens_wanted, embedded):
+    """~tokens_wanted tokens of Hamlet with the needle at the middle paragraph break."""
+    text = (books / "hamlet.txt").read_text()
+    start = text.index("ACT I.")
+    body = text[start : start + 40000]
+    while embedded.count_tokens(body) > tokens_wanted:
+        body = body[: int(len(body) * 0.95)]
+    middle = body.index("\n\n", len(body) // 2)
+    return body[:middle] + "\n\n" + NEEDLE + "\n\n" + body[middle:]
+
+
+def test_needle_in_the_middle_comes_back(books, embedded, tmp_path):
+    path = tmp_path / "haystack.txt"
+    path.write_text(haystack(books, 6000, embedded))
+    result = run_cli("ask", path, "What is the secret password to the castle vault?", "--window", "2048", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    workers = [c for c in data["calls"] if c["role"] == "worker"]
+    assert len(workers) >= 3 and data["calls"][-1]["role"] == "manager"
+    assert "BLUE-HARBOR-42" in data["answer"]
+    for call in data["calls"]:
+        assert call["prompt_tokens"] + call["completion_tokens"] <= 2048
+    # The needle sits in a middle chunk, so the chain carried it through later workers.
+    assert "BLUE-HARBOR-42" not in workers[0]["cu"] and "BLUE-HARBOR-42" in workers[-1]["cu"]
+
+
+def test_summarize_a_play(tmp_path):
+    result = run_cli("summarize", EXAMPLE_PLAY, "--window", "2048", "--max-cu-tokens", "128", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    workers = [c for c in data["calls"] if c["role"] == "worker"]
+    assert len(workers) >= 3
+    assert all(w["output"].strip() for w in workers)
+    assert len(data["answer"].split()) >= 10
