@@ -19,7 +19,8 @@ def test_loop_guard_stops_exact_and_counting_loops():
     digits = np.zeros(100, dtype=bool)
     digits[[5, 6, 7]] = True  # pretend tokens 5-7 are digits
     prompt = [50, 51, 52]
-    exact = LoopGuard(len(prompt), digits)
+    newlines = np.zeros(100, dtype=bool)
+    exact = LoopGuard(len(prompt), digits, newlines)
     text = prompt + [10, 11]
     for _ in range(6):
         text += [20, 21, 22, 23]
@@ -27,13 +28,13 @@ def test_loop_guard_stops_exact_and_counting_loops():
             break
     assert exact.kept is not None and exact.kept.tolist() == [10, 11, 20, 21, 22, 23]
 
-    counting = LoopGuard(len(prompt), digits)
+    counting = LoopGuard(len(prompt), digits, newlines)
     loop = [30, 31, 5, 32]  # "Guard 1." "Guard 2." ... differ only in the digit token
     stream = prompt + [loop[0], loop[1], 5, loop[3], loop[0], loop[1], 6, loop[3], loop[0], loop[1], 7, loop[3]]
     stream += [loop[0], loop[1], 5, loop[3]]
     assert any(counting(np.array(stream[:n]), None) for n in range(len(prompt) + 1, len(stream) + 1))
 
-    honest = LoopGuard(len(prompt), digits)
+    honest = LoopGuard(len(prompt), digits, newlines)
     varied = prompt + list(range(60, 100))
     assert not any(honest(np.array(varied[:n]), None) for n in range(len(prompt) + 1, len(varied) + 1))
 
@@ -88,3 +89,14 @@ def test_summarize_a_play(tmp_path):
     assert len(workers) >= 3
     assert all(w["output"].strip() for w in workers)
     assert len(data["answer"].split()) >= 10
+
+
+def test_loop_guard_stops_a_line_that_keeps_coming_back():
+    digits, newlines = np.zeros(100, dtype=bool), np.zeros(100, dtype=bool)
+    newlines[9] = True  # token 9 is a line break
+    guard = LoopGuard(0, digits, newlines)
+    line, other, short = [40, 41, 42, 43, 44], [60, 61, 62, 63, 64, 65], [70, 71]
+    stream = line + [9] + other + [9] + short + [9] + line + [9] + short + [9] + [66, 67, 68, 69, 50] + [9] + line + [9]
+    stops = [n for n in range(1, len(stream) + 1) if guard(np.array(stream[:n]), None)]
+    assert stops == [len(stream)]  # the third copy of the line, not the recurring short one
+    assert guard.kept.tolist() == line + [9] + other + [9] + short + [9]

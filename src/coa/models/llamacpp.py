@@ -26,6 +26,8 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPEAT_PENALTY = 1.1
 LOOP_MAX_PERIOD = 64  # longest repeating block detected, in tokens
 LOOP_MIN_TOKENS = 16  # a loop must span this many tokens (and at least 3 copies)
+LINE_MIN_TOKENS = 5  # shorter lines (a speaker's name in a play) may well recur
+LINE_REPEATS = 3
 
 
 def embedded_model_path() -> Path:
@@ -80,20 +82,32 @@ def describe_embedded() -> dict[str, object]:
 
 
 class LoopGuard:
-    """A llama.cpp stopping criterion that ends generation once the output's tail repeats.
+    """A llama.cpp stopping criterion that ends generation once the output loops.
 
-    Digit tokens are compared as equal, so a loop that counts ("Guard 27. Guard 28. ...")
-    is caught like an exact one.
+    Two shapes of loop are caught: a tail that repeats itself exactly, and a line
+    written for the third time with other lines between. Digit tokens are compared as
+    equal, so a loop that counts ("Guard 27. Guard 28. ...") is caught like an exact one.
     """
 
-    def __init__(self, prompt_tokens: int, digits: np.ndarray) -> None:
+    def __init__(self, prompt_tokens: int, digits: np.ndarray, newlines: np.ndarray) -> None:
         self.start = prompt_tokens
-        self.digits = digits  # digits[token_id] is True for tokens made of digits
-        self.kept: np.ndarray | None = None  # the output up to the first copy of the loop
+        self.digits = digits  # digits[token_id]: the token is made of digits
+        self.newlines = newlines  # newlines[token_id]: the token holds a line break
+        self.kept: np.ndarray | None = None  # the output before the loop's first repeat
+        self._scanned = self._line_start = 0
+        self._lines: dict[tuple[int, ...], list[int]] = {}
 
     def __call__(self, tokens: np.ndarray, logits: np.ndarray) -> bool:
         output = np.asarray(tokens[self.start :])
         masked = np.where(self.digits[output], -1, output)
+        cut = self._periodic_tail(masked)
+        if cut is None:
+            cut = self._repeated_line(output, masked)
+        if cut is not None:
+            self.kept = output[:cut]
+        return cut is not None
+
+    def _periodic_tail(self, masked: np.ndarray) -> int | None:
         n = len(masked)
         for period in range(1, min(LOOP_MAX_PERIOD, n // 3) + 1):
             span = period * max(3, math.ceil(LOOP_MIN_TOKENS / period))
@@ -101,9 +115,23 @@ class LoopGuard:
                 continue
             tail = masked[n - span :]
             if np.array_equal(tail[period:], tail[:-period]):
-                self.kept = output[: n - span + period]
-                return True
-        return False
+                return n - span + period
+        return None
+
+    def _repeated_line(self, output: np.ndarray, masked: np.ndarray) -> int | None:
+        while self._scanned < len(masked):
+            end = self._scanned
+            self._scanned += 1
+            if not self.newlines[output[end]]:
+                continue
+            line, start = tuple(masked[self._line_start : end].tolist()), self._line_start
+            self._line_start = end + 1
+            if len(line) >= LINE_MIN_TOKENS:
+                starts = self._lines.setdefault(line, [])
+                starts.append(start)
+                if len(starts) >= LINE_REPEATS:
+                    return starts[1]
+        return None
 
 
 class LlamaCppModel:
@@ -140,9 +168,11 @@ class LlamaCppModel:
         )
 
     @cached_property
-    def _digit_tokens(self) -> np.ndarray:
+    def _token_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Which vocabulary entries are digits, and which hold a line break (for LoopGuard)."""
         llm = self._llm
-        return np.array([llm.detokenize([i]).strip().isdigit() for i in range(llm.n_vocab())])
+        pieces = [llm.detokenize([i]) for i in range(llm.n_vocab())]
+        return np.array([p.strip().isdigit() for p in pieces]), np.array([b"\n" in p for p in pieces])
 
     @property
     def context_window(self) -> int:
@@ -171,7 +201,7 @@ class LlamaCppModel:
         with self._lock:
             started = time.perf_counter()
             prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
-            guard = LoopGuard(prompt_tokens, self._digit_tokens)
+            guard = LoopGuard(prompt_tokens, *self._token_classes)
             try:
                 out = llm.create_completion(
                     prompt,
