@@ -1,6 +1,8 @@
 """The `coa` command end to end, with the scripted model unless a test needs more."""
 
+import http.server
 import json
+import threading
 
 import pytest
 
@@ -104,3 +106,60 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
         assert message in err, (args, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
         assert result.stdout == b""
+
+
+def test_usage_mistakes_are_one_line_too(story):
+    for args, message in (
+        (["ask", story], "Missing argument 'QUESTION'"),
+        (["ask", story, "Q?", "--window", "5"], "--window"),
+        (["frobnicate"], "No such command"),
+    ):
+        result = run_cli(*args)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+class FlakyServer(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-style endpoint that answers two chat calls, then rejects the key."""
+
+    answered = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if not self.path.endswith("/chat/completions"):
+            return self._reply(404, {"detail": "Not Found"})
+        if FlakyServer.answered >= 2:
+            return self._reply(401, {"error": "invalid key"})
+        FlakyServer.answered += 1
+        self._reply(200, {"choices": [{"message": {"content": f"note {FlakyServer.answered}"}, "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": 100, "completion_tokens": 2}})
+
+    def do_GET(self):
+        self._reply(404, {"detail": "Not Found"})
+
+    def _reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failure_mid_chain_keeps_the_calls_made(story, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trace = tmp_path / "trace.json"
+    try:
+        result = run_cli("summarize", story, "--model", "openai:m", "--base-url", f"http://127.0.0.1:{server.server_port}/v1",
+                         "--window", "400", "--max-cu-tokens", "40", "--trace", trace)
+    finally:
+        server.shutdown()
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "rejected the API key" in err and "the 2 calls made are in" in err
+    partial = json.loads(trace.read_text())
+    assert [c["output"] for c in partial["calls"]] == ["note 1", "note 2"]
+    assert "rejected the API key" in partial["error"]

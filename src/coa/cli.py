@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -11,23 +13,11 @@ from rich.console import Console
 
 from coa.config import DEFAULT_WINDOW, Config
 from coa.documents import read_document
-from coa.errors import CoaError
+from coa.errors import CoaError, InputError
 from coa.progress import ChainPrinter
 from coa.task import Kind, Result, Task
 
 stderr = Console(stderr=True, highlight=False)
-
-
-class Failure(click.ClickException):
-    exit_code = 2
-
-
-class Group(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except CoaError as e:
-            raise Failure(str(e)) from None
 
 
 def run_options(command):
@@ -49,7 +39,7 @@ def run_options(command):
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="chainofagents")
 def cli() -> None:
     """Chain-of-Agents: answer, summarize and complete over inputs longer than the model's window."""
@@ -102,9 +92,9 @@ def _run(file: str, make_task, *, model, base_url, api_key, window, max_cu_token
     from coa.strategies.chain import ChainOfAgents
 
     if trace is not None and not trace.parent.is_dir():
-        raise Failure(f"--trace {trace}: directory {trace.parent} does not exist")
+        raise InputError(f"--trace {trace}: directory {trace.parent} does not exist")
     if prompts_dir is not None and not prompts_dir.is_dir():
-        raise Failure(f"--prompts-dir {prompts_dir}: no such directory")
+        raise InputError(f"--prompts-dir {prompts_dir}: no such directory")
     document = read_document(file)
     for warning in document.warnings:
         stderr.print(f"warning: {warning}")
@@ -112,7 +102,14 @@ def _run(file: str, make_task, *, model, base_url, api_key, window, max_cu_token
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, prompts_dir=prompts_dir)
     with ChainPrinter(stderr, verbose=verbose) as printer:
-        result = ChainOfAgents(backend, config, observer=printer).run(task)
+        try:
+            result = ChainOfAgents(backend, config, observer=printer).run(task)
+        except (CoaError, KeyboardInterrupt) as e:
+            if trace is not None and printer.calls:  # keep the work done before the failure
+                partial = {"error": str(e) or type(e).__name__, "calls": [asdict(c) for c in printer.calls]}
+                trace.write_text(json.dumps(partial, indent=2, ensure_ascii=False), encoding="utf-8")
+                raise type(e)(f"{e} (the {len(printer.calls)} calls made are in {trace})") from None
+            raise
     result.warnings.extend(document.warnings)
     _print(result, as_json)
     if trace is not None:
@@ -127,8 +124,25 @@ def _print(result: Result, as_json: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="coa")
+    """Run the CLI; any user-facing error becomes one line on stderr and exit code 2."""
+    try:
+        code = cli.main(prog_name="coa", standalone_mode=False)
+    except click.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "coa"
+        _fail(f"{e.format_message()} (see {command} --help)", 2)
+    except click.ClickException as e:
+        _fail(e.format_message(), 2)
+    except CoaError as e:
+        _fail(str(e), 2)
+    except (KeyboardInterrupt, click.Abort) as e:
+        _fail(str(e) or "interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    stderr.print(f"error: {' '.join(message.split())}", markup=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from coa.strategies.base import Progress
+from coa.task import Call
 
 class ChainPrinter:
     """Observer that shows a spinner for the running call and a line for each finished one."""
@@ -14,6 +15,7 @@ class ChainPrinter:
         self.console = console
         self.verbose = verbose
         self.status = console.status("starting", spinner="dots")
+        self.calls: list[Call] = []  # every finished call, in order
 
     def __enter__(self) -> ChainPrinter:
         self.status.start()
@@ -28,6 +30,7 @@ class ChainPrinter:
         if call is None:
             self.status.update(f"{label} running")
             return
+        self.calls.append(call)
         output = " ".join(call.output.split())
         line = f"[bold]{label:<12}[/] {call.prompt_tokens:>6,} → {call.completion_tokens:<5,} tokens {call.seconds:6.1f}s"
         if self.verbose:

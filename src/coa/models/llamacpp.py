@@ -198,10 +198,10 @@ class LlamaCppModel:
 
         llm = self._llm
         prompt, stop = self.format(messages)
+        prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+        guard = LoopGuard(prompt_tokens, *self._token_classes)
         with self._lock:
             started = time.perf_counter()
-            prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
-            guard = LoopGuard(prompt_tokens, *self._token_classes)
             try:
                 out = llm.create_completion(
                     prompt,
