@@ -6,16 +6,17 @@ from hypothesis import strategies as st
 
 from coa import ChainOfAgents, Config, ConfigError, ContextOverflowError, Kind, ScriptedModel, Task
 from coa.models.base import count_prompt
-from coa.prompts import load_prompt
+from coa.prompts import load_prompt, task_format
 
 
 def document(sentences: int) -> str:
     return " ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(sentences))
 
 
-def chain(outputs=(), *, window=400, grounding=False, **config):
+def chain(outputs=(), *, window=400, grounding=False, **options):
     model = ScriptedModel(outputs, context_window=window)
-    return model, ChainOfAgents(model, Config(window=window, max_cu_tokens=40, grounding=grounding, **config))
+    options = {"grounding": grounding, "guard": False, **options}
+    return model, ChainOfAgents(model, Config(window=window, max_cu_tokens=40), options=options)
 
 
 def worker_prompts(model):
@@ -129,7 +130,7 @@ def test_generation_limits_are_sized_for_the_role_and_kind():
     model, coa = chain()
     coa.run(Task(document(30), "Who?"))
     assert set(model.max_tokens[:-1]) == {40}  # workers: the CU limit
-    assert model.max_tokens[-1] == load_prompt("coa", "manager", "qa").max_tokens
+    assert model.max_tokens[-1] == task_format("qa").max_tokens
 
 
 def test_grounding_drops_sentences_the_sources_do_not_contain():
@@ -148,15 +149,20 @@ def test_grounding_drops_sentences_the_sources_do_not_contain():
 def test_grounding_defaults_on_for_questions_and_off_for_summaries():
     for kind, query, expected in ((Kind.QA, "Who?", True), (Kind.SUMMARIZE, None, False)):
         model = ScriptedModel(["Not in the text at all."] * 40, context_window=400)
-        result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40)).run(Task(document(30), query, kind))
+        result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"guard": False}).run(
+            Task(document(30), query, kind)
+        )
         assert result.settings["grounding"] is expected
         assert (result.workers[0].cu == "") is expected
 
 
 def test_a_window_too_small_is_a_clear_error():
     model = ScriptedModel(context_window=8192)
-    with pytest.raises(ConfigError, match="window 120 is too small"):
+    with pytest.raises(ConfigError, match="window 120 is too small for the answering prompt"):
         ChainOfAgents(model, Config(window=120, max_cu_tokens=40)).run(Task(document(10), "Who?"))
+    with pytest.raises(ConfigError, match="window 200 is too small: the worker prompt"):
+        ChainOfAgents(model, Config(window=200, max_cu_tokens=40)).run(Task(document(10), "Who?"))
+    assert model.prompts == []  # refused before any call
 
 
 def test_window_is_capped_at_the_models_own():

@@ -12,6 +12,7 @@ from coa.errors import CoaError, ConfigError, ContextOverflowError, InputError, 
 from coa.models.base import Completion, Model
 from coa.models.registry import load_model
 from coa.models.scripted import ScriptedModel
+from coa.strategies import Strategy, get_strategy
 from coa.strategies.chain import ChainOfAgents
 from coa.task import Call, Kind, Result, Task, Usage
 
@@ -29,21 +30,29 @@ __all__ = [
     "ModelError",
     "Result",
     "ScriptedModel",
+    "Strategy",
     "Task",
     "Usage",
     "ask",
+    "get_strategy",
     "load_model",
     "run",
     "summarize",
 ]
 
 
-def run(task: Task, model: Model | str = "embedded", **settings) -> Result:
-    """Run Chain of Agents on `task`; `settings` are `Config` fields (window, max_cu_tokens, ...)."""
+def run(
+    task: Task, model: Model | str = "embedded", *, strategy: str = "coa", options: dict | None = None, **settings
+) -> Result:
+    """Solve `task` with a strategy (default: Chain of Agents).
+
+    `options` are the strategy's own (see `coa strategies`); `settings` are `Config`
+    fields (window, max_cu_tokens, temperature, seed, concurrency, prompts_dir).
+    """
     config = Config(**settings)
     if isinstance(model, str):
         model = load_model(model, window=config.window)
-    return ChainOfAgents(model, config).run(task)
+    return get_strategy(strategy)(model, config, options=options).run(task)
 
 
 def ask(document: str, question: str, *, choices=(), model: Model | str = "embedded", **settings) -> Result:

@@ -9,7 +9,7 @@ slices of the document: joined in order they give the document back exactly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 Counter = Callable[[str], int]
@@ -21,6 +21,18 @@ class Chunk:
     start: int  # character offsets in the document
     end: int
     tokens: int
+    first_token: int = 0  # tokens of the document before this chunk (by the chunks' own counts)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.first_token, self.first_token + self.tokens
+
+    def split(self, budget: int, count: Counter, *, lines: bool = False) -> list[Chunk]:
+        """This chunk cut into chunks of at most `budget` tokens, with offsets in the document."""
+        return [
+            replace(part, start=part.start + self.start, end=part.end + self.start, first_token=part.first_token + self.first_token)
+            for part in chunk_text(self.text, budget, count, lines=lines)
+        ]
 
 
 def chunk_text(text: str, budget: int, count: Counter, *, lines: bool = False) -> list[Chunk]:
@@ -29,7 +41,7 @@ def chunk_text(text: str, budget: int, count: Counter, *, lines: bool = False) -
         raise ValueError("budget must be positive")
     units = list(_fitting_units(text, budget, count, lines))
     chunks: list[Chunk] = []
-    first = 0
+    first = first_token = 0
     while first < len(units):
         last, summed = first, units[first][2]
         while last + 1 < len(units) and summed + units[last + 1][2] <= budget:
@@ -42,7 +54,8 @@ def chunk_text(text: str, budget: int, count: Counter, *, lines: bool = False) -
             if tokens <= budget or last == first:
                 break
             last -= 1
-        chunks.append(Chunk(text[start:end], start, end, tokens))
+        chunks.append(Chunk(text[start:end], start, end, tokens, first_token))
+        first_token += tokens
         first = last + 1
     return chunks
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -23,6 +24,8 @@ stderr = Console(stderr=True, highlight=False)
 def run_options(command):
     """Options shared by every command that runs a strategy."""
     options = [
+        click.option("--strategy", "-s", default="coa", show_default=True, help="How to process the document (see `coa strategies`)."),
+        click.option("--opt", "-o", "opts", multiple=True, metavar="KEY=VALUE", help="A strategy option (repeatable), e.g. order=rtl."),
         click.option("--model", "-m", default="embedded", show_default=True, help="embedded, gguf:PATH, openai:NAME or scripted."),
         click.option("--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server URL [env: OPENAI_BASE_URL]."),
         click.option("--api-key", envvar="OPENAI_API_KEY", help="API key for the server [env: OPENAI_API_KEY]."),
@@ -30,7 +33,8 @@ def run_options(command):
         click.option("--max-cu-tokens", type=click.IntRange(min=1), help="Longest communication unit [default: 1024, or window/8 if smaller]."),
         click.option("--requirement", help="Replace the task requirement given to the manager."),
         click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True),
-        click.option("--seed", type=int, help="Sampling seed."),
+        click.option("--seed", type=int, help="Sampling seed; also seeds permutations."),
+        click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Independent model calls in flight at once."),
         click.option("--prompts-dir", type=click.Path(file_okay=False, path_type=Path), help="Directory of prompt files overriding the packaged ones."),
         click.option("--json", "as_json", is_flag=True, help="Print the answer and the full trace as one JSON object."),
         click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Also write the trace as JSON to this file."),
@@ -74,6 +78,18 @@ def complete(file: str, **options) -> None:
 
 
 @cli.command()
+def strategies() -> None:
+    """List the strategies and their options."""
+    from coa.strategies import REGISTRY, get_strategy
+
+    get_strategy("coa")  # loads the built-in strategies
+    for name, cls in REGISTRY.items():
+        click.echo(f"{name:<15} {cls.description}")
+        for field in dataclasses.fields(cls.Options):
+            click.echo(f"{'':<17}{field.name}={field.default}")
+
+
+@cli.command()
 def models() -> None:
     """List the model backends and the embedded model's file."""
     from coa.models.llamacpp import describe_embedded
@@ -86,24 +102,28 @@ def models() -> None:
         click.echo(f"embedded {key}: {value}")
 
 
-def _run(file: str, make_task, *, model, base_url, api_key, window, max_cu_tokens, requirement,
-         temperature, seed, prompts_dir, as_json, trace, verbose) -> None:
+def _run(file: str, make_task, *, strategy, opts, model, base_url, api_key, window, max_cu_tokens, requirement,
+         temperature, seed, concurrency, prompts_dir, as_json, trace, verbose) -> None:
     from coa.models.registry import load_model
-    from coa.strategies.chain import ChainOfAgents
+    from coa.strategies import get_strategy
+    from coa.strategies.base import parse_options, parse_pairs
 
     if trace is not None and not trace.parent.is_dir():
         raise InputError(f"--trace {trace}: directory {trace.parent} does not exist")
     if prompts_dir is not None and not prompts_dir.is_dir():
         raise InputError(f"--prompts-dir {prompts_dir}: no such directory")
+    solver = get_strategy(strategy)
+    options = parse_options(solver, parse_pairs(opts))  # checked before any work
     document = read_document(file)
     for warning in document.warnings:
         stderr.print(f"warning: {warning}")
     task = make_task(document.text)
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key)
-    config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, prompts_dir=prompts_dir)
+    config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
+                    concurrency=concurrency, prompts_dir=prompts_dir)
     with ChainPrinter(stderr, verbose=verbose) as printer:
         try:
-            result = ChainOfAgents(backend, config, observer=printer).run(task)
+            result = solver(backend, config, observer=printer, options=options).run(task)
         except (CoaError, KeyboardInterrupt) as e:
             if trace is not None and printer.calls:  # keep the work done before the failure
                 partial = {"error": str(e) or type(e).__name__, "calls": [asdict(c) for c in printer.calls]}

@@ -16,7 +16,7 @@ class Config:
     temperature: float = 0.0
     seed: int | None = None
     prompts_dir: Path | None = None  # searched for prompt files before the package's own
-    grounding: bool | None = None  # keep only CU sentences the sources contain; default: QA kinds
+    concurrency: int = 4  # model calls in flight at once, for strategies whose calls are independent
 
     def cu_limit(self, window: int) -> int:
         # The paper's 1024-token CU fits an 8k window; smaller windows get a proportional one.

@@ -1,8 +1,10 @@
 """Prompts are data: YAML files rendered with Jinja2, a missing variable is an error.
 
-Each file holds a `system` text, a `user` template and, for roles that answer,
-the default task `requirement` and the generation limit `max_tokens`. A prompts
-directory given by the user is searched before the package's own.
+`<strategy>/<role>.yaml` (or `<role>-<kind>.yaml` where a role words each task kind
+differently) holds a `system` text and a `user` template. `tasks.yaml` holds, per
+task kind, the requirement given to whichever call writes the final answer and that
+call's generation limit, so every strategy answers in the same format and length.
+A prompts directory given by the user is searched before the package's own.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ class Prompt:
     name: str
     system: str
     user: jinja2.Template
-    requirement: str | None = None
-    max_tokens: int | None = None
 
     def render(self, **values: object) -> Messages:
         try:
@@ -37,32 +37,41 @@ class Prompt:
         return [{"role": "system", "content": self.system.strip()}, {"role": "user", "content": user}]
 
 
-def load_prompt(strategy: str, role: str, kind: str, directory: Path | None = None) -> Prompt:
-    """The prompt `<strategy>/<role>-<kind>.yaml`, from `directory` first if given."""
-    relative = f"{strategy}/{role}-{kind}.yaml"
-    if directory is not None and (directory / relative).is_file():
-        return _parse(relative, (directory / relative).read_text(encoding="utf-8"))
-    return _packaged(relative)
+@dataclass(frozen=True)
+class TaskFormat:
+    requirement: str  # what the final answer must look like
+    max_tokens: int  # generation limit of the call that writes it
+
+
+def load_prompt(strategy: str, role: str, kind: str | None = None, directory: Path | None = None) -> Prompt:
+    """`<strategy>/<role>-<kind>.yaml` if it exists, else `<strategy>/<role>.yaml`."""
+    names = ([f"{strategy}/{role}-{kind}.yaml"] if kind else []) + [f"{strategy}/{role}.yaml"]
+    for name in names:
+        text = _read(name, directory)
+        if text is not None:
+            try:
+                data = yaml.safe_load(text)
+                return Prompt(name=name, system=data.get("system", ""), user=_ENV.from_string(data["user"]))
+            except (yaml.YAMLError, jinja2.TemplateSyntaxError, KeyError, TypeError, AttributeError) as e:
+                raise ConfigError(f"prompt {name} is malformed: {e}") from None
+    raise ConfigError(f"no prompt file {names[0]}")
+
+
+def task_format(kind: str, directory: Path | None = None) -> TaskFormat:
+    try:
+        entry = yaml.safe_load(_read("tasks.yaml", directory) or "")[str(kind)]
+        return TaskFormat(requirement=entry["requirement"].strip(), max_tokens=int(entry["max_tokens"]))
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"tasks.yaml has no usable entry for {kind}: {e}") from None
+
+
+def _read(name: str, directory: Path | None) -> str | None:
+    if directory is not None and (directory / name).is_file():
+        return (directory / name).read_text(encoding="utf-8")
+    return _packaged(name)
 
 
 @lru_cache(maxsize=None)
-def _packaged(relative: str) -> Prompt:
-    path = resources.files("coa").joinpath("prompts", *relative.split("/"))
-    if not path.is_file():
-        raise ConfigError(f"no prompt file {relative}")
-    return _parse(relative, path.read_text(encoding="utf-8"))
-
-
-def _parse(name: str, text: str) -> Prompt:
-    try:
-        data = yaml.safe_load(text)
-        user = _ENV.from_string(data["user"])
-    except (yaml.YAMLError, jinja2.TemplateSyntaxError, KeyError, TypeError) as e:
-        raise ConfigError(f"prompt {name} is malformed: {e}") from None
-    return Prompt(
-        name=name,
-        system=data.get("system", ""),
-        user=user,
-        requirement=data.get("requirement"),
-        max_tokens=data.get("max_tokens"),
-    )
+def _packaged(name: str) -> str | None:
+    path = resources.files("coa").joinpath("prompts", *name.split("/"))
+    return path.read_text(encoding="utf-8") if path.is_file() else None

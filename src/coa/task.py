@@ -59,16 +59,18 @@ class Task:
 class Call:
     """One model call in a run."""
 
-    role: str  # "worker" or "manager"
-    index: int  # worker position in the chain (0-based); 0 for the manager
+    role: str  # "worker", "manager", or a strategy's own ("judge", "collapse", ...)
+    index: int  # position among the calls of this role (0-based)
     prompt_tokens: int
     completion_tokens: int
     seconds: float
     output: str  # what the model wrote
     span: tuple[int, int] | None = None  # token span of the chunk this call read
-    cu: str | None = None  # what a worker passed on (its output, unless grounding changed it)
+    cu: str | None = None  # what a chain worker passed on (its output, unless a guard changed it)
     messages: list[dict[str, str]] = field(default_factory=list)
     finish_reason: str = "stop"
+    path: int | None = None  # which chain of a multi-path run
+    note: str | None = None  # what the strategy did with the output (guard fired, dropped, ...)
 
 
 @dataclass(frozen=True)

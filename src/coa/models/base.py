@@ -40,15 +40,16 @@ def count_prompt(model: Model, messages: Messages) -> int:
     return REPLY_OVERHEAD + sum(MESSAGE_OVERHEAD + model.count_tokens(m["content"]) for m in messages)
 
 
-def truncate_to_tokens(model: Model, text: str, limit: int) -> str:
-    """The longest prefix of `text` with at most `limit` tokens (binary search on characters)."""
+def truncate_to_tokens(model: Model, text: str, limit: int, *, keep: str = "head") -> str:
+    """The longest prefix (keep="head") or suffix (keep="tail") of `text` within `limit` tokens."""
     if model.count_tokens(text) <= limit:
         return text
-    lo, hi = 0, len(text)
+    part = (lambda n: text[:n]) if keep == "head" else (lambda n: text[len(text) - n :])
+    lo, hi = 0, len(text)  # binary search on the number of characters kept
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if model.count_tokens(text[:mid]) <= limit:
+        if model.count_tokens(part(mid)) <= limit:
             lo = mid
         else:
             hi = mid - 1
-    return text[:lo]
+    return part(lo)

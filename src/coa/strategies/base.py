@@ -1,11 +1,27 @@
-"""What every strategy shares: progress events for whoever is watching."""
+"""What every strategy shares: the interface, the registry, options, and a Session that
+makes, checks, times and records the calls of one run."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import dataclasses
+import time
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-from coa.task import Call
+from coa.chunking import Chunk, chunk_text
+from coa.config import Config
+from coa.errors import ConfigError, ContextOverflowError
+from coa.models.base import Messages, Model, count_prompt
+from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
+from coa.task import Call, Kind, Result, Task
+
+MIN_CHUNK_TOKENS = 32  # below this a call sees too little text to be worth making
+MIN_ANSWER_TOKENS = 16
+SAFETY_TOKENS = 16  # joining text into a template can shift counts by a few tokens
+CODE_QUERY_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -14,7 +30,7 @@ class Progress:
 
     role: str
     index: int
-    total: int  # calls of this role planned in the run
+    total: int  # calls of this role planned so far
     call: Call | None = None
 
 
@@ -23,3 +39,236 @@ Observer = Callable[[Progress], None]
 
 def ignore(_: Progress) -> None:
     pass
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+class Strategy:
+    """A way to solve a Task with a model. Subclasses set `name`, `description`,
+    `Options` (a dataclass of their `--opt` settings) and implement `solve`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(
+        self,
+        model: Model,
+        config: Config = Config(),
+        observer: Observer = ignore,
+        options: Mapping[str, Any] | object | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.observer = observer
+        self.options = options if isinstance(options, self.Options) else parse_options(self, options or {})
+
+    def run(self, task: Task) -> Result:
+        return asyncio.run(self.arun(task))
+
+    async def arun(self, task: Task) -> Result:
+        session = Session(self.model, self.config, self.observer)
+        answer, settings = await self.solve(session, task)
+        settings = {**dataclasses.asdict(self.options), **settings}
+        return session.result(answer, self.name, task, settings)
+
+    async def solve(self, session: Session, task: Task) -> tuple[str, dict[str, Any]]:
+        """The raw answer and the settings worth recording."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    from coa import strategies  # noqa: F401  (registers the built-in strategies)
+
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown strategy {name!r}; choose from: {', '.join(sorted(REGISTRY))}") from None
+
+
+def parse_options(strategy: Strategy | type[Strategy], given: Mapping[str, Any]):
+    """The strategy's Options from `key: value` pairs, with values given as text or as Python values."""
+    cls = strategy.Options
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, raw in given.items():
+        key = key.replace("-", "_")
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"strategy {strategy.name} has no option {key!r} (its options: {known})")
+        values[key] = _convert(key, raw, hints[key])
+    return cls(**values)
+
+
+def parse_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`["k=v", ...]` from the command line as a dict."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--opt {pair!r}: expected key=value")
+        options[key.strip()] = value.strip()
+    return options
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _convert(key: str, raw: Any, hint: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip().lower()
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        if raw not in args:
+            raise ConfigError(f"option {key}: {raw!r} is not one of {', '.join(map(str, args))}")
+        return raw
+    if type(None) in args and text in ("auto", "none", ""):
+        return None
+    base = next((a for a in args if a is not type(None)), hint)
+    try:
+        if base is bool:
+            if text not in _TRUE | _FALSE:
+                raise ValueError
+            return text in _TRUE
+        return base(raw)
+    except ValueError:
+        raise ConfigError(f"option {key}: {raw!r} is not a valid {getattr(base, '__name__', base)}") from None
+
+
+class Session:
+    """The calls of one run: each is checked against the window, timed, recorded and reported;
+    independent calls run concurrently up to `config.concurrency`."""
+
+    def __init__(self, model: Model, config: Config, observer: Observer) -> None:
+        self.model = model
+        self.config = config
+        self.observer = observer
+        self.window = min(config.window, model.context_window)
+        self.calls: list[Call] = []
+        self.started = time.perf_counter()
+        self._slots = asyncio.Semaphore(max(1, config.concurrency))
+        self._planned: dict[str, int] = {}
+
+    # -- prompts and budgets ---------------------------------------------------------------
+    def prompt(self, strategy: str, role: str, kind: Kind | None = None) -> Prompt:
+        return load_prompt(strategy, role, kind, self.config.prompts_dir)
+
+    def format(self, task: Task) -> TaskFormat:
+        fmt = task_format(task.kind, self.config.prompts_dir)
+        return TaskFormat(task.requirement or fmt.requirement, fmt.max_tokens)
+
+    def tokens(self, text: str) -> int:
+        return self.model.count_tokens(text)
+
+    def room(self, messages: Messages, reserve: int) -> int:
+        """Tokens left for more text in `messages` once `reserve` tokens are kept for output."""
+        return self.window - count_prompt(self.model, messages) - reserve - SAFETY_TOKENS
+
+    def budget(self, messages: Messages, reserve: int, what: str) -> int:
+        """`room`, or a clear error when it is too small to be useful."""
+        room = self.room(messages, reserve)
+        if room < MIN_CHUNK_TOKENS:
+            raise ConfigError(
+                f"window {self.window} is too small: the {what} prompt takes {count_prompt(self.model, messages)} "
+                f"tokens and {reserve} are kept for output, leaving {max(room, 0)} for text; "
+                "use a larger --window or a smaller --max-cu-tokens"
+            )
+        return room
+
+    def answer_limit(self, messages: Messages, task: Task, reserve: int = 0) -> int:
+        """Generation limit of the final answer: the task's, or what is left in the window."""
+        room = self.room(messages, reserve)
+        if room < MIN_ANSWER_TOKENS:
+            raise ConfigError(
+                f"window {self.window} is too small for the answering prompt ({count_prompt(self.model, messages)} tokens); "
+                "use a larger --window or a shorter requirement"
+            )
+        return min(self.format(task).max_tokens, room)
+
+    def chunks(self, task: Task, budget: int) -> list[Chunk]:
+        return chunk_text(task.document, budget, self.tokens, lines=task.kind is Kind.CODE)
+
+    # -- calls ---------------------------------------------------------------------------------
+    def plan(self, role: str, total: int) -> None:
+        """Tell observers how many calls of `role` to expect."""
+        self._planned[role] = total
+
+    async def call(
+        self,
+        role: str,
+        index: int,
+        messages: Messages,
+        max_tokens: int,
+        *,
+        span: tuple[int, int] | None = None,
+        temperature: float | None = None,
+        path: int | None = None,
+    ) -> Call:
+        needed = count_prompt(self.model, messages) + max_tokens
+        if needed > self.window:  # never send what cannot fit
+            raise ContextOverflowError(f"prompt and output need {needed} tokens, the window is {self.window}")
+        total = max(self._planned.get(role, 1), index + 1)
+        async with self._slots:
+            self.observer(Progress(role, index, total))
+            completion = await asyncio.to_thread(
+                self.model.complete,
+                messages,
+                max_tokens=max_tokens,
+                temperature=self.config.temperature if temperature is None else temperature,
+                seed=self.config.seed,
+            )
+        call = Call(
+            role=role,
+            index=index,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            seconds=completion.seconds,
+            output=completion.text,
+            span=span,
+            messages=messages,
+            finish_reason=completion.finish_reason,
+            path=path,
+        )
+        self.calls.append(call)
+        self.observer(Progress(role, index, total, call))
+        return call
+
+    def result(self, answer: str, strategy: str, task: Task, settings: dict[str, Any]) -> Result:
+        return Result(
+            answer=clean_answer(task.kind, answer),
+            strategy=strategy,
+            model=self.model.name,
+            window=self.window,
+            kind=task.kind,
+            calls=self.calls,
+            seconds=time.perf_counter() - self.started,
+            settings={"temperature": self.config.temperature, "seed": self.config.seed, **settings},
+        )
+
+
+def query_text(task: Task) -> str:
+    """The query as prompts show it; for code, the lines right before the one to write."""
+    if task.kind is Kind.CODE and not task.query:
+        return "".join(task.document.splitlines(keepends=True)[-CODE_QUERY_LINES:])
+    return task.query or ""
+
+
+def clean_answer(kind: Kind, text: str) -> str:
+    """The answer as a user wants it: trimmed; for code, the first line of code."""
+    if kind is Kind.CODE:  # indentation is part of the line
+        lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("```")]
+        return lines[0] if lines else ""
+    return text.strip()

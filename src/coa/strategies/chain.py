@@ -3,184 +3,155 @@ unit (CU) forward; a manager answers from the last CU alone."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
 
-from coa.chunking import Chunk, chunk_text
-from coa.config import Config
-from coa.errors import ConfigError, ContextOverflowError
+from coa.answers import is_refusal
+from coa.chunking import Chunk
+from coa.errors import ContextOverflowError
 from coa.grounding import grounded
-from coa.models.base import Completion, Messages, Model, count_prompt, truncate_to_tokens
-from coa.prompts import Prompt, load_prompt
-from coa.strategies.base import Observer, Progress, ignore
-from coa.task import Call, Kind, Result, Task
+from coa.models.base import Messages, truncate_to_tokens
+from coa.strategies.base import MIN_CHUNK_TOKENS, Session, Strategy, query_text, register
+from coa.task import Kind, Task
 
-MIN_CHUNK_TOKENS = 32  # below this a worker sees too little text to be worth a call
-MIN_ANSWER_TOKENS = 16
-SAFETY_TOKENS = 16  # joining a chunk into a template can shift counts by a few tokens
-RECHUNK_FACTOR = 0.75  # after an overflow the rest of the document is re-split this much smaller
+RECHUNK_FACTOR = 0.75  # after an overflow, chunks are re-split this much smaller
 MAX_RECHUNKS = 3
-CODE_QUERY_LINES = 20
+
+Order = Literal["ltr", "rtl", "perm"]
 
 
 @dataclass(frozen=True)
-class Plan:
-    window: int
-    cu_limit: int
-    budget: int  # tokens of source text per worker
-    answer_limit: int  # tokens the manager may write
+class ChainOptions:
+    order: Order = "ltr"  # left to right, right to left, or a seeded random permutation
+    manager: bool = True  # False: the last worker's CU is the answer (the paper's ablation)
+    guard: bool = True  # a refusal-only worker output does not replace the CU (chain collapse)
+    grounding: bool | None = None  # keep only CU sentences the sources contain; None: on for QA kinds
 
 
-class ChainOfAgents:
+@dataclass
+class Chain:
+    """One pass of workers over the chunks, and what it produced."""
+
+    cu: str = ""
+    rechunks: int = 0
+    budget: int = 0
+
+
+@register
+class ChainOfAgents(Strategy):
     name = "coa"
+    description = "Chain of Agents: workers pass a communication unit along the chunks, a manager answers"
+    Options = ChainOptions
 
-    def __init__(self, model: Model, config: Config = Config(), observer: Observer = ignore) -> None:
-        self.model = model
-        self.config = config
-        self.observer = observer
-
-    def prompts(self, kind: Kind) -> tuple[Prompt, Prompt]:
-        directory = self.config.prompts_dir
-        return load_prompt("coa", "worker", kind, directory), load_prompt("coa", "manager", kind, directory)
-
-    def plan(self, task: Task) -> Plan:
-        """Token budgets such that no prompt plus its output can exceed the window."""
-        window = min(self.config.window, self.model.context_window)
-        cu_limit = self.config.cu_limit(window)
-        worker, manager = self.prompts(task.kind)
-        overhead = count_prompt(self.model, self._worker_messages(worker, task, "", "", 1, 1))
-        budget = window - overhead - 2 * cu_limit - SAFETY_TOKENS  # incoming CU + generated CU
-        if budget < MIN_CHUNK_TOKENS:
-            raise ConfigError(
-                f"window {window} is too small: the worker prompt takes {overhead} tokens and the CU "
-                f"{cu_limit} in and {cu_limit} out, leaving {max(budget, 0)} for text; "
-                "use a larger --window or a smaller --max-cu-tokens"
-            )
-        manager_overhead = count_prompt(self.model, self._manager_messages(manager, task, ""))
-        room = window - manager_overhead - cu_limit - SAFETY_TOKENS
-        if room < MIN_ANSWER_TOKENS:
-            raise ConfigError(
-                f"window {window} is too small for the manager prompt ({manager_overhead} tokens) "
-                f"and a {cu_limit}-token CU; use a larger --window or a shorter requirement"
-            )
-        return Plan(window, cu_limit, budget, min(manager.max_tokens or cu_limit, room))
-
-    def run(self, task: Task) -> Result:
-        started = time.perf_counter()
-        plan = self.plan(task)
-        worker, manager = self.prompts(task.kind)
-        lines = task.kind is Kind.CODE
-        grounding = self.config.grounding if self.config.grounding is not None else task.kind.needs_query
-        chunks = chunk_text(task.document, plan.budget, self.model.count_tokens, lines=lines)
-        calls: list[Call] = []
-        cu, position, budget, rechunks = "", 0, plan.budget, 0
-        while len(calls) < len(chunks):
-            i = len(calls)
-            chunk = chunks[i]
-            self.observer(Progress("worker", i, len(chunks)))
-            previous = truncate_to_tokens(self.model, cu, plan.cu_limit)
-            messages = self._worker_messages(worker, task, chunk.text, previous, i + 1, len(chunks))
-            try:
-                completion = self._complete(messages, plan.cu_limit, plan.window)
-            except ContextOverflowError:
-                # Re-split what is left smaller and carry on with the CU built so far.
-                budget = int(budget * RECHUNK_FACTOR)
-                rechunks += 1
-                if rechunks > MAX_RECHUNKS or budget < MIN_CHUNK_TOKENS:
-                    raise
-                rest = chunk_text(task.document[chunk.start :], budget, self.model.count_tokens, lines=lines)
-                chunks = chunks[:i] + [_shifted(c, chunk.start) for c in rest]
-                continue
-            cu = completion.text.strip()
-            if grounding:  # unsupported sentences are dropped; with none left, the old CU carries on
-                cu = grounded(cu, [chunk.text, previous]) or previous
-            call = _call("worker", i, completion, messages, span=(position, position + chunk.tokens))
-            call.cu = cu
-            position += chunk.tokens
-            calls.append(call)
-            self.observer(Progress("worker", i, len(chunks), call))
-
-        self.observer(Progress("manager", 0, 1))
-        messages = self._manager_messages(manager, task, truncate_to_tokens(self.model, cu, plan.cu_limit))
-        completion = self._complete(messages, plan.answer_limit, plan.window)
-        call = _call("manager", 0, completion, messages)
-        calls.append(call)
-        self.observer(Progress("manager", 0, 1, call))
-        return Result(
-            answer=clean_answer(task.kind, completion.text),
-            strategy=self.name,
-            model=self.model.name,
-            window=plan.window,
-            kind=task.kind,
-            calls=calls,
-            seconds=time.perf_counter() - started,
-            settings={
-                "max_cu_tokens": plan.cu_limit,
-                "chunk_tokens": budget,
-                "rechunks": rechunks,
-                "temperature": self.config.temperature,
-                "seed": self.config.seed,
-                "grounding": grounding,
-            },
-        )
-
-    def _complete(self, messages: Messages, max_tokens: int, window: int) -> Completion:
-        needed = count_prompt(self.model, messages) + max_tokens
-        if needed > window:  # never send what cannot fit; the caller re-chunks
-            raise ContextOverflowError(f"prompt and output need {needed} tokens, the window is {window}")
-        return self.model.complete(
-            messages, max_tokens=max_tokens, temperature=self.config.temperature, seed=self.config.seed
-        )
-
-    @staticmethod
-    def _worker_messages(prompt: Prompt, task: Task, chunk: str, previous: str, index: int, total: int) -> Messages:
-        return prompt.render(
-            chunk=chunk,
-            previous=previous,
-            query=_query(task),
-            choices=task.lettered_choices,
-            index=index,
-            total=total,
-        )
-
-    @staticmethod
-    def _manager_messages(prompt: Prompt, task: Task, summary: str) -> Messages:
-        return prompt.render(
-            summary=summary,
-            query=_query(task),
-            choices=task.lettered_choices,
-            requirement=task.requirement or prompt.requirement or "",
-        )
+    async def solve(self, session: Session, task: Task):
+        options: ChainOptions = self.options
+        max_tokens = manager_tokens(session, task) if options.manager else 0
+        chain = await run_chain(session, task, options, seed=self.config.seed or 0)
+        answer = await manage(session, task, chain.cu, max_tokens) if options.manager else chain.cu
+        return answer, {
+            "max_cu_tokens": cu_limit(session),
+            "chunk_tokens": chain.budget,
+            "rechunks": chain.rechunks,
+            "grounding": grounding_for(options, task),
+        }
 
 
-def _query(task: Task) -> str:
-    if task.kind is Kind.CODE and not task.query:
-        return "".join(task.document.splitlines(keepends=True)[-CODE_QUERY_LINES:])
-    return task.query or ""
+def cu_limit(session: Session) -> int:
+    return session.config.cu_limit(session.window)
 
 
-def _shifted(chunk: Chunk, offset: int) -> Chunk:
-    return replace(chunk, start=chunk.start + offset, end=chunk.end + offset)
+def grounding_for(options: ChainOptions, task: Task) -> bool:
+    return options.grounding if options.grounding is not None else task.kind.needs_query
 
 
-def _call(role: str, index: int, completion: Completion, messages: Messages, span=None) -> Call:
-    return Call(
-        role=role,
-        index=index,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        seconds=completion.seconds,
-        output=completion.text,
-        span=span,
-        messages=messages,
-        finish_reason=completion.finish_reason,
+def worker_messages(session: Session, task: Task, chunk: str, previous: str, index: int, total: int) -> Messages:
+    return session.prompt("coa", "worker", task.kind).render(
+        chunk=chunk, previous=previous, query=query_text(task), choices=task.lettered_choices, index=index, total=total
     )
 
 
-def clean_answer(kind: Kind, text: str) -> str:
-    """The answer as a user wants it: trimmed; for code, the first line of code."""
-    text = text.strip()
-    if kind is Kind.CODE:
-        lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("```")]
-        return lines[0] if lines else ""
-    return text
+def chunk_budget(session: Session, task: Task) -> int:
+    limit = cu_limit(session)
+    return session.budget(worker_messages(session, task, "", "", 1, 1), 2 * limit, "worker")  # CU in + CU out
+
+
+def ordered(chunks: list[Chunk], order: Order, seed: int) -> list[Chunk]:
+    if order == "rtl":
+        return chunks[::-1]
+    if order == "perm":
+        return random.Random(seed).sample(chunks, len(chunks))
+    return chunks
+
+
+async def run_chain(
+    session: Session,
+    task: Task,
+    options: ChainOptions,
+    *,
+    seed: int = 0,
+    temperature: float | None = None,
+    path: int | None = None,
+) -> Chain:
+    """Workers over the chunks in the chosen order; returns the last CU."""
+    limit = cu_limit(session)
+    chain = Chain(budget=chunk_budget(session, task))
+    grounding = grounding_for(options, task)
+    lines = task.kind is Kind.CODE
+    queue = deque(ordered(session.chunks(task, chain.budget), options.order, seed))
+    done = 0
+    while queue:
+        chunk = queue.popleft()
+        if chunk.tokens > chain.budget:  # the budget shrank after an overflow
+            queue.extendleft(reversed(chunk.split(chain.budget, session.tokens, lines=lines)))
+            continue
+        session.plan("worker", done + len(queue) + 1)
+        previous = truncate_to_tokens(session.model, chain.cu, limit)
+        messages = worker_messages(session, task, chunk.text, previous, done + 1, done + len(queue) + 1)
+        try:
+            call = await session.call("worker", done, messages, limit, span=chunk.span, temperature=temperature, path=path)
+        except ContextOverflowError:
+            # The server's window is smaller than we were told: re-split smaller and go on.
+            chain.budget = int(chain.budget * RECHUNK_FACTOR)
+            chain.rechunks += 1
+            if chain.rechunks > MAX_RECHUNKS or chain.budget < MIN_CHUNK_TOKENS:
+                raise
+            queue.appendleft(chunk)
+            continue
+        chain.cu, call.note = next_cu(call.output.strip(), previous, chunk.text, guard=options.guard, grounding=grounding)
+        call.cu = chain.cu
+        done += 1
+    return chain
+
+
+def next_cu(output: str, previous: str, chunk: str, *, guard: bool, grounding: bool) -> tuple[str, str | None]:
+    """The CU a worker passes on, and a note when a guard changed it."""
+    if guard and is_refusal(output):
+        return previous, "collapse guard: refusal kept out of the CU"
+    if grounding:
+        kept = grounded(output, [chunk, previous])
+        if not kept:
+            return previous, "grounding: no sentence found in the sources, previous CU kept"
+        if kept != output:
+            return kept, "grounding: unsupported sentences dropped"
+    return output, None
+
+
+def manager_messages(session: Session, task: Task, summary: str) -> Messages:
+    return session.prompt("coa", "manager", task.kind).render(
+        summary=summary, query=query_text(task), choices=task.lettered_choices, requirement=session.format(task).requirement
+    )
+
+
+def manager_tokens(session: Session, task: Task) -> int:
+    """The manager's generation limit; checked before any worker runs, so a window too small fails fast."""
+    return session.answer_limit(manager_messages(session, task, ""), task, reserve=cu_limit(session))
+
+
+async def manage(session: Session, task: Task, cu: str, max_tokens: int, *, path: int | None = None) -> str:
+    """The manager's answer from the last CU, the query and the task requirement."""
+    summary = truncate_to_tokens(session.model, cu, cu_limit(session))
+    session.plan("manager", 1)
+    call = await session.call("manager", 0, manager_messages(session, task, summary), max_tokens, path=path)
+    return call.output
