@@ -118,6 +118,15 @@ class OpenAIModel:
     def count_tokens(self, text: str) -> int:
         return self._count(text)
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embeddings from the server's /embeddings endpoint, in the order of `texts`."""
+        data = self._post_json(f"{self.base_url}/embeddings", {"model": self.model, "input": texts})
+        try:
+            rows = sorted(data["data"], key=lambda row: row.get("index", 0))
+            return [row["embedding"] for row in rows]
+        except (KeyError, TypeError):
+            raise ModelError(f"unexpected embeddings reply from {self.base_url}: {str(data)[:200]}") from None
+
     @cached_property
     def context_window(self) -> int:
         from coa.config import DEFAULT_WINDOW

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from coa.chunking import Chunk, chunk_text
 from coa.config import Config
 from coa.errors import ConfigError, ContextOverflowError
-from coa.models.base import Messages, Model, count_prompt
+from coa.models.base import Messages, Model, count_prompt, truncate_to_tokens
 from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
 from coa.task import Call, Kind, Result, Task
 
@@ -215,6 +215,7 @@ class Session:
         *,
         span: tuple[int, int] | None = None,
         temperature: float | None = None,
+        seed: int | None = None,
         path: int | None = None,
     ) -> Call:
         needed = count_prompt(self.model, messages) + max_tokens
@@ -228,7 +229,7 @@ class Session:
                 messages,
                 max_tokens=max_tokens,
                 temperature=self.config.temperature if temperature is None else temperature,
-                seed=self.config.seed,
+                seed=self.config.seed if seed is None else seed,
             )
         call = Call(
             role=role,
@@ -257,6 +258,42 @@ class Session:
             seconds=time.perf_counter() - self.started,
             settings={"temperature": self.config.temperature, "seed": self.config.seed, **settings},
         )
+
+
+def answer_messages(session: Session, task: Task, document: str) -> Messages:
+    """The prompt that answers straight from a text (vanilla, rag, merge)."""
+    return session.prompt("common", "answer").render(
+        document=document, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
+        requirement=session.format(task).requirement,
+    )
+
+
+def combine_messages(session: Session, task: Task, notes: list[str]) -> Messages:
+    """The prompt that writes the final answer from notes on parts of the text (merge, hierarchical)."""
+    return session.prompt("common", "combine").render(
+        notes=notes, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
+        requirement=session.format(task).requirement,
+    )
+
+
+def fit_notes(session: Session, notes: list[str], room: int) -> list[str]:
+    """Notes cut to an equal share of `room` tokens each, when together they exceed it."""
+    if sum(session.tokens(n) for n in notes) <= room:
+        return notes
+    share = max(1, room // max(1, len(notes)) - 8)  # a few tokens per note for its "Part i:" label
+    return [truncate_to_tokens(session.model, n, share) for n in notes]
+
+
+def groups(sizes: list[int], room: int) -> list[list[int]]:
+    """Consecutive indices grouped so that each group's sizes sum to at most `room`
+    (a group always takes two items, so that every level of a tree shrinks)."""
+    result: list[list[int]] = []
+    for i, size in enumerate(sizes):
+        if result and (len(result[-1]) < 2 or sum(sizes[j] for j in result[-1]) + size <= room):
+            result[-1].append(i)
+        else:
+            result.append([i])
+    return result
 
 
 def query_text(task: Task) -> str:

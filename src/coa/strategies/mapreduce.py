@@ -1,0 +1,121 @@
+"""LLM x MapReduce: each chunk maps to extracted information, rationale, answer and a
+confidence score; groups collapse until they fit; the reduce weighs answers by confidence."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from coa.answers import is_refusal, majority, vote_key
+from coa.models.base import Messages
+from coa.strategies.base import Session, Strategy, groups, query_text, register
+from coa.task import Task
+
+_FIELD = re.compile(
+    r"^\W*(extracted information|rationale|answer|confidence(?: score)?)\W*?:\s*(.*?)(?=^\W*(?:extracted information|rationale|answer|confidence(?: score)?)\W*?:|\Z)",
+    re.IGNORECASE | re.MULTILINE | re.DOTALL,
+)
+MAX_CONFIDENCE = 5
+
+
+@dataclass(frozen=True)
+class Finding:
+    information: str
+    rationale: str
+    answer: str
+    confidence: int
+
+    @property
+    def empty(self) -> bool:
+        """No information and no answer: the chunk had nothing for the task."""
+        return is_refusal(self.information) and is_refusal(self.answer)
+
+
+def read_finding(text: str) -> Finding:
+    """The structured map or collapse output; missing fields are empty, confidence 0."""
+    values = {}
+    for label, value in _FIELD.findall(text):
+        label = label.lower()
+        key = "confidence" if label.startswith("confidence") else {"extracted information": "information"}.get(label, label)
+        values.setdefault(key, value.strip())
+    number = re.search(r"\d+", values.get("confidence", ""))
+    confidence = min(MAX_CONFIDENCE, int(number.group())) if number else 0
+    if not values:  # no structure at all: the whole output is the information
+        values["information"] = text.strip()
+    return Finding(values.get("information", ""), values.get("rationale", ""), values.get("answer", ""), confidence)
+
+
+@dataclass(frozen=True)
+class MapReduceOptions:
+    reduce: Literal["llm", "vote"] = "llm"  # vote: answers weighted by confidence, no reduce call
+
+
+@register
+class MapReduce(Strategy):
+    name = "mapreduce"
+    description = "LLM x MapReduce: structured map (info, rationale, answer, confidence), collapse, confidence-weighted reduce"
+    Options = MapReduceOptions
+
+    async def solve(self, session: Session, task: Task):
+        limit = session.config.cu_limit(session.window)
+        chunks = session.chunks(task, session.budget(self._map(session, task, ""), limit, "map"))
+        session.plan("worker", len(chunks))
+        calls = await asyncio.gather(*(
+            session.call("worker", i, self._map(session, task, chunk.text), limit, span=chunk.span)
+            for i, chunk in enumerate(chunks)
+        ))
+        findings = []
+        for call in calls:
+            finding = read_finding(call.output)
+            call.note = "dropped: no information" if finding.empty else f"confidence {finding.confidence}"
+            if not finding.empty:
+                findings.append(finding)
+        mapped = len(findings)
+        if self.options.reduce == "vote":
+            keys = [vote_key(task.kind, f.answer, len(task.choices)) for f in findings]
+            answer = majority([f.answer for f in findings], keys, [f.confidence for f in findings])
+            return answer, {"chunks": len(chunks), "kept": mapped, "collapse_levels": 0}
+        answer_limit = session.answer_limit(self._reduce(session, task, []), task)
+        collapse_room = session.budget(self._collapse(session, task, []), limit, "collapse")
+        levels = 0
+        while len(findings) > 1 and session.room(self._reduce(session, task, findings), answer_limit) < 0:
+            batches = groups([session.tokens(_shown(f)) for f in findings], collapse_room)
+            session.plan("collapse", len(batches))
+            findings = list(await asyncio.gather(*(
+                self._collapse_batch(session, task, [findings[j] for j in batch], i, limit)
+                for i, batch in enumerate(batches)
+            )))
+            levels += 1
+        ranked = sorted(findings, key=lambda f: -f.confidence)  # stable: ties keep document order
+        session.plan("manager", 1)
+        call = await session.call("manager", 0, self._reduce(session, task, ranked), answer_limit)
+        return call.output, {"chunks": len(chunks), "kept": mapped, "collapse_levels": levels}
+
+    async def _collapse_batch(self, session: Session, task: Task, batch: list[Finding], index: int, limit: int) -> Finding:
+        if len(batch) == 1:
+            return batch[0]
+        call = await session.call("collapse", index, self._collapse(session, task, batch), limit)
+        return read_finding(call.output)
+
+    @staticmethod
+    def _map(session: Session, task: Task, chunk: str) -> Messages:
+        return session.prompt("mapreduce", "map").render(
+            chunk=chunk, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind)
+        )
+
+    @staticmethod
+    def _collapse(session: Session, task: Task, items: list[Finding]) -> Messages:
+        return session.prompt("mapreduce", "collapse").render(items=items, query=query_text(task), kind=str(task.kind))
+
+    @staticmethod
+    def _reduce(session: Session, task: Task, items: list[Finding]) -> Messages:
+        return session.prompt("mapreduce", "reduce").render(
+            items=items, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
+            requirement=session.format(task).requirement,
+        )
+
+
+def _shown(finding: Finding) -> str:
+    return " ".join((finding.information, finding.rationale, finding.answer, "confidence 0"))

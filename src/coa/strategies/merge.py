@@ -1,0 +1,55 @@
+"""Merge: every chunk answered on its own, the answers combined by vote or by a manager."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+from coa.answers import is_refusal, majority, vote_key
+from coa.strategies.base import (
+    Session, Strategy, answer_messages, combine_messages, fit_notes, register,
+)
+from coa.task import Kind, Task
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    combine: Literal["auto", "vote", "manager"] = "auto"  # auto: vote on short answers, manager for summaries
+
+
+@register
+class Merge(Strategy):
+    name = "merge"
+    description = "Each chunk answered independently; majority vote (short answers) or a manager call (summaries)"
+    Options = MergeOptions
+
+    async def solve(self, session: Session, task: Task):
+        empty = answer_messages(session, task, "")
+        limit = session.answer_limit(empty, task)
+        chunks = session.chunks(task, session.budget(empty, limit, "merge worker"))
+        session.plan("worker", len(chunks))
+        calls = await asyncio.gather(*(
+            session.call("worker", i, answer_messages(session, task, chunk.text), limit, span=chunk.span)
+            for i, chunk in enumerate(chunks)
+        ))
+        answers = [call.output.strip() for call in calls]
+        combine = self.options.combine
+        if combine == "auto":
+            combine = "manager" if task.kind is Kind.SUMMARIZE else "vote"
+        if combine == "vote":
+            counted = [i for i, a in enumerate(answers) if not is_refusal(a)] or list(range(len(answers)))
+            for i, call in enumerate(calls):
+                call.note = "vote: counted" if i in counted else "vote: a refusal, not counted"
+            keys = [vote_key(task.kind, answers[i], len(task.choices)) for i in counted]
+            return majority([answers[i] for i in counted], keys), {"combine": combine, "chunks": len(chunks)}
+        return await combine_with_manager(session, task, answers), {"combine": combine, "chunks": len(chunks)}
+
+
+async def combine_with_manager(session: Session, task: Task, notes: list[str]) -> str:
+    """One call that writes the final answer from notes on the parts."""
+    limit = session.answer_limit(combine_messages(session, task, []), task)
+    room = session.budget(combine_messages(session, task, [""] * len(notes)), limit, "combining")
+    session.plan("manager", 1)
+    call = await session.call("manager", 0, combine_messages(session, task, fit_notes(session, notes, room)), limit)
+    return call.output

@@ -1,0 +1,61 @@
+"""Multi-path Chain of Agents: several chains (both directions, seeded permutations, or
+samples) whose answers a judge call or a majority vote combines."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+from coa.answers import majority, vote_key
+from coa.strategies.base import Session, Strategy, fit_notes, query_text, register
+from coa.strategies.chain import ChainOptions, manage, manager_tokens, run_chain
+from coa.task import Task
+
+
+@dataclass(frozen=True)
+class MultipathOptions:
+    paths: Literal["bidir", "perm", "sample"] = "bidir"  # bidir: left-to-right and right-to-left
+    n: int = 5  # chains for perm and sample
+    combine: Literal["judge", "vote"] = "judge"
+    sample_temperature: float = 0.7
+    guard: bool = True
+    grounding: bool | None = None
+
+
+@register
+class Multipath(Strategy):
+    name = "coa-multipath"
+    description = "Several CoA chains (both directions, permutations or samples) combined by a judge or a vote"
+    Options = MultipathOptions
+
+    async def solve(self, session: Session, task: Task):
+        o: MultipathOptions = self.options
+        seed = self.config.seed or 0
+        chain = lambda order: ChainOptions(order, True, o.guard, o.grounding)  # noqa: E731
+        plans = {  # (chain options, temperature, seed) per path
+            "bidir": [(chain("ltr"), None, seed), (chain("rtl"), None, seed)],
+            "perm": [(chain("perm"), None, seed + i) for i in range(max(1, o.n))],
+            "sample": [(chain("ltr"), o.sample_temperature, seed + i) for i in range(max(1, o.n))],
+        }[o.paths]
+        max_tokens = manager_tokens(session, task)
+
+        async def path(i: int, options: ChainOptions, temperature: float | None, path_seed: int) -> str:
+            chain = await run_chain(session, task, options, seed=path_seed, temperature=temperature, path=i)
+            return (await manage(session, task, chain.cu, max_tokens, path=i)).strip()
+
+        answers = list(await asyncio.gather(*(path(i, *plan) for i, plan in enumerate(plans))))
+        settings = {"answers": answers}
+        if o.combine == "vote":
+            return majority(answers, [vote_key(task.kind, a, len(task.choices)) for a in answers]), settings
+        def messages(shown: list[str]):
+            return session.prompt("multipath", "judge").render(
+                answers=shown, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
+                requirement=session.format(task).requirement,
+            )
+
+        limit = session.answer_limit(messages([]), task)
+        room = session.budget(messages([""] * len(answers)), limit, "judge")
+        session.plan("judge", 1)
+        call = await session.call("judge", 0, messages(fit_notes(session, answers, room)), limit)
+        return call.output, settings

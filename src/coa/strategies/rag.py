@@ -1,0 +1,86 @@
+"""RAG: the passages that best match the query, in document order, until the window is full."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from coa.errors import ConfigError
+from coa.strategies.base import Session, Strategy, answer_messages, query_text, register
+from coa.task import Kind, Task
+
+PSEUDO_QUERY = "What is the summary of the whole text?"  # the paper's query for query-less tasks
+_WORD = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class RagOptions:
+    retriever: Literal["bm25", "dense"] = "bm25"
+    chunk_words: int = 300
+    embed_model: str = ""  # dense: the embedding model's name on an OpenAI-compatible server
+    embed_url: str = ""  # dense: that server's base URL (default: OPENAI_BASE_URL)
+
+
+@register
+class Rag(Strategy):
+    name = "rag"
+    description = "Retrieval: 300-word passages ranked by BM25 (or dense embeddings), best ones in document order"
+    Options = RagOptions
+
+    async def solve(self, session: Session, task: Task):
+        options: RagOptions = self.options
+        if options.chunk_words < 1:
+            raise ConfigError("option chunk_words must be at least 1")
+        empty = answer_messages(session, task, "")
+        limit = session.answer_limit(empty, task)
+        room = session.budget(empty, limit, "rag")
+        passages = word_passages(task.document, options.chunk_words)
+        query = task.query or (query_text(task) if task.kind is Kind.CODE else PSEUDO_QUERY)
+        scores = await self._scores(passages, query)
+        chosen, used = [], 0
+        for i in sorted(range(len(passages)), key=lambda i: -scores[i]):  # best first; ties in document order
+            tokens = session.tokens(passages[i])
+            if used + tokens <= room:
+                chosen.append(i)
+                used += tokens
+        context = "\n\n".join(passages[i].strip() for i in sorted(chosen))
+        session.plan("reader", 1)
+        call = await session.call("reader", 0, answer_messages(session, task, context), limit)
+        return call.output, {"query": query, "passages": len(passages), "retrieved": sorted(chosen)}
+
+    async def _scores(self, passages: list[str], query: str) -> list[float]:
+        if self.options.retriever == "dense":
+            return await dense_scores(passages, query, self.options)
+        return bm25_scores(passages, query)
+
+
+def word_passages(text: str, words: int) -> list[str]:
+    """Consecutive slices of `text` holding `words` words each (the last may hold fewer)."""
+    starts = [m.start() for m in _WORD.finditer(text)][::words]
+    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+
+
+def bm25_scores(passages: list[str], query: str) -> list[float]:
+    import bm25s
+
+    corpus = bm25s.tokenize(passages, stopwords="en", show_progress=False)
+    index = bm25s.BM25()
+    index.index(corpus, show_progress=False)
+    terms = bm25s.tokenize(query, stopwords="en", return_ids=False, show_progress=False)[0]
+    return index.get_scores(terms).tolist() if terms else [0.0] * len(passages)
+
+
+async def dense_scores(passages: list[str], query: str, options: RagOptions) -> list[float]:
+    import asyncio
+
+    from coa.models.openai import OpenAIModel
+
+    if not options.embed_model:
+        raise ConfigError("dense retrieval needs --opt embed_model=NAME (and embed_url=URL unless OPENAI_BASE_URL is set)")
+    embedder = OpenAIModel(options.embed_model, base_url=options.embed_url or None)
+    vectors = np.array(await asyncio.to_thread(embedder.embed, [query, *passages]), dtype=float)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    return (vectors[1:] @ vectors[0]).tolist()

@@ -1,0 +1,43 @@
+"""Vanilla: the task requirement, the document truncated to fit the window, the question."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from coa.models.base import truncate_to_tokens
+from coa.strategies.base import Session, Strategy, answer_messages, register
+from coa.task import Task
+
+
+@dataclass(frozen=True)
+class VanillaOptions:
+    truncate: Literal["middle", "head", "tail"] = "middle"  # which part of an overlong document goes
+
+
+@register
+class Vanilla(Strategy):
+    name = "vanilla"
+    description = "One call: the document truncated to fit the window (middle dropped, as LongBench), the question"
+    Options = VanillaOptions
+
+    async def solve(self, session: Session, task: Task):
+        empty = answer_messages(session, task, "")
+        limit = session.answer_limit(empty, task)
+        room = session.budget(empty, limit, "vanilla")
+        document = truncate(session, task.document, room, self.options.truncate)
+        session.plan("reader", 1)
+        call = await session.call("reader", 0, answer_messages(session, task, document), limit)
+        return call.output, {"document_tokens": session.tokens(task.document), "kept_tokens": session.tokens(document)}
+
+
+def truncate(session: Session, text: str, room: int, drop: str) -> str:
+    """`text` within `room` tokens, dropping its middle, head or tail."""
+    if session.tokens(text) <= room:
+        return text
+    if drop == "head":
+        return truncate_to_tokens(session.model, text, room, keep="tail")
+    if drop == "tail":
+        return truncate_to_tokens(session.model, text, room, keep="head")
+    head = truncate_to_tokens(session.model, text, room // 2, keep="head")
+    return head + truncate_to_tokens(session.model, text[len(head) :], room - session.tokens(head), keep="tail")
