@@ -163,3 +163,15 @@ def test_a_failure_mid_chain_keeps_the_calls_made(story, tmp_path):
     partial = json.loads(trace.read_text())
     assert [c["output"] for c in partial["calls"]] == ["note 1", "note 2"]
     assert "rejected the API key" in partial["error"]
+
+
+def test_strategies_are_listed_and_selectable(story):
+    listing = run_cli("strategies").stdout.decode()
+    for name in ("coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce"):
+        assert f"\n{name} " in "\n" + listing
+    result = run_cli("ask", story, "What?", *SCRIPTED, "--strategy", "coa", "--opt", "order=rtl", "--opt", "manager=false", "--json")
+    data = json.loads(result.stdout)
+    assert data["settings"]["order"] == "rtl" and data["calls"][-1]["role"] == "worker"
+    for args, message in ((["--strategy", "fastest"], "unknown strategy 'fastest'"), (["--opt", "depth=3"], "no option 'depth'")):
+        bad = run_cli("ask", story, "What?", *SCRIPTED, *args)
+        assert bad.returncode == 2 and message in bad.stderr.decode()

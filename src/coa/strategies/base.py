@@ -198,6 +198,18 @@ class Session:
             )
         return min(self.format(task).max_tokens, room)
 
+    def split_room(self, messages: Messages, task: Task, what: str) -> tuple[int, int]:
+        """(tokens for input text, generation limit) for a call that answers from inputs added to
+        `messages`: the answer gets the task's limit, or half the room where the window is small."""
+        room = self.room(messages, 0)
+        limit = min(self.format(task).max_tokens, room // 2)
+        if limit < MIN_ANSWER_TOKENS or room - limit < MIN_CHUNK_TOKENS:
+            raise ConfigError(
+                f"window {self.window} is too small: the {what} prompt takes {count_prompt(self.model, messages)} "
+                "tokens, leaving too little for its input and answer; use a larger --window"
+            )
+        return room - limit, limit
+
     def chunks(self, task: Task, budget: int) -> list[Chunk]:
         return chunk_text(task.document, budget, self.tokens, lines=task.kind is Kind.CODE)
 
@@ -282,6 +294,12 @@ def fit_notes(session: Session, notes: list[str], room: int) -> list[str]:
         return notes
     share = max(1, room // max(1, len(notes)) - 8)  # a few tokens per note for its "Part i:" label
     return [truncate_to_tokens(session.model, n, share) for n in notes]
+
+
+def item_costs(session: Session, render: Callable[[list], Messages], items: list) -> list[int]:
+    """Tokens each item adds to the prompt `render(items)` builds, labels included."""
+    base = count_prompt(session.model, render([]))
+    return [count_prompt(session.model, render([item])) - base for item in items]
 
 
 def groups(sizes: list[int], room: int) -> list[list[int]]:

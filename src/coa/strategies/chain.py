@@ -48,7 +48,7 @@ class ChainOfAgents(Strategy):
     async def solve(self, session: Session, task: Task):
         options: ChainOptions = self.options
         max_tokens = manager_tokens(session, task) if options.manager else 0
-        chain = await run_chain(session, task, options, seed=self.config.seed or 0)
+        chain = await run_chain(session, task, options, seed=self.config.seed)
         answer = await manage(session, task, chain.cu, max_tokens) if options.manager else chain.cu
         return answer, {
             "max_cu_tokens": cu_limit(session),
@@ -90,16 +90,16 @@ async def run_chain(
     task: Task,
     options: ChainOptions,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     temperature: float | None = None,
     path: int | None = None,
 ) -> Chain:
-    """Workers over the chunks in the chosen order; returns the last CU."""
+    """Workers over the chunks in the chosen order; `seed` orders a permutation and seeds sampling."""
     limit = cu_limit(session)
     chain = Chain(budget=chunk_budget(session, task))
     grounding = grounding_for(options, task)
     lines = task.kind is Kind.CODE
-    queue = deque(ordered(session.chunks(task, chain.budget), options.order, seed))
+    queue = deque(ordered(session.chunks(task, chain.budget), options.order, seed or 0))
     done = 0
     while queue:
         chunk = queue.popleft()
@@ -110,7 +110,9 @@ async def run_chain(
         previous = truncate_to_tokens(session.model, chain.cu, limit)
         messages = worker_messages(session, task, chunk.text, previous, done + 1, done + len(queue) + 1)
         try:
-            call = await session.call("worker", done, messages, limit, span=chunk.span, temperature=temperature, path=path)
+            call = await session.call(
+                "worker", done, messages, limit, span=chunk.span, temperature=temperature, seed=seed, path=path
+            )
         except ContextOverflowError:
             # The server's window is smaller than we were told: re-split smaller and go on.
             chain.budget = int(chain.budget * RECHUNK_FACTOR)
@@ -149,9 +151,13 @@ def manager_tokens(session: Session, task: Task) -> int:
     return session.answer_limit(manager_messages(session, task, ""), task, reserve=cu_limit(session))
 
 
-async def manage(session: Session, task: Task, cu: str, max_tokens: int, *, path: int | None = None) -> str:
+async def manage(
+    session: Session, task: Task, cu: str, max_tokens: int, *,
+    seed: int | None = None, temperature: float | None = None, path: int | None = None,
+) -> str:
     """The manager's answer from the last CU, the query and the task requirement."""
     summary = truncate_to_tokens(session.model, cu, cu_limit(session))
     session.plan("manager", 1)
-    call = await session.call("manager", 0, manager_messages(session, task, summary), max_tokens, path=path)
+    messages = manager_messages(session, task, summary)
+    call = await session.call("manager", 0, messages, max_tokens, seed=seed, temperature=temperature, path=path)
     return call.output

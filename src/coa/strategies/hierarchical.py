@@ -9,7 +9,7 @@ import re
 from coa.answers import is_refusal
 from coa.models.base import Messages
 from coa.strategies.base import (
-    Session, Strategy, combine_messages, fit_notes, groups, query_text, register,
+    Session, Strategy, combine_messages, fit_notes, groups, item_costs, query_text, register,
 )
 from coa.strategies.merge import combine_with_manager
 from coa.task import Task
@@ -40,10 +40,9 @@ class Hierarchical(Strategy):
         notes = notes or [read_worker(c.output)[1] for c in calls]  # nothing flagged useful: keep all
         levels = 0
         merge_room = session.budget(self._merge(session, task, [""] * 2), limit, "hierarchical merge")
-        root_limit = session.answer_limit(combine_messages(session, task, []), task)
+        _, root_limit = session.split_room(combine_messages(session, task, []), task, "root")
         while len(notes) > 1 and session.room(combine_messages(session, task, notes), root_limit) < 0:
-            sizes = [session.tokens(n) for n in notes]
-            batches = groups(sizes, merge_room)
+            batches = groups(item_costs(session, lambda items: self._merge(session, task, items), notes), merge_room)
             session.plan("merge", len(batches))
             merged = await asyncio.gather(*(
                 session.call("merge", i, self._merge(session, task, fit_notes(session, [notes[j] for j in batch], merge_room)), limit)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from coa.answers import is_refusal, majority, vote_key
 from coa.models.base import Messages
-from coa.strategies.base import Session, Strategy, groups, query_text, register
+from coa.models.base import truncate_to_tokens
+from coa.strategies.base import Session, Strategy, groups, item_costs, query_text, register
 from coa.task import Task
 
 _FIELD = re.compile(
@@ -47,6 +48,15 @@ def read_finding(text: str) -> Finding:
     return Finding(values.get("information", ""), values.get("rationale", ""), values.get("answer", ""), confidence)
 
 
+def shortened(session: Session, finding: Finding, tokens: int) -> Finding:
+    """The finding within about `tokens` tokens: half for the information, a quarter each for the rest."""
+    def cut(text: str, share: int) -> str:
+        return truncate_to_tokens(session.model, text, max(1, share))
+
+    return replace(finding, information=cut(finding.information, tokens // 2),
+                   rationale=cut(finding.rationale, tokens // 4), answer=cut(finding.answer, tokens // 4))
+
+
 @dataclass(frozen=True)
 class MapReduceOptions:
     reduce: Literal["llm", "vote"] = "llm"  # vote: answers weighted by confidence, no reduce call
@@ -77,14 +87,15 @@ class MapReduce(Strategy):
             keys = [vote_key(task.kind, f.answer, len(task.choices)) for f in findings]
             answer = majority([f.answer for f in findings], keys, [f.confidence for f in findings])
             return answer, {"chunks": len(chunks), "kept": mapped, "collapse_levels": 0}
-        answer_limit = session.answer_limit(self._reduce(session, task, []), task)
+        _, answer_limit = session.split_room(self._reduce(session, task, []), task, "reduce")
         collapse_room = session.budget(self._collapse(session, task, []), limit, "collapse")
         levels = 0
         while len(findings) > 1 and session.room(self._reduce(session, task, findings), answer_limit) < 0:
-            batches = groups([session.tokens(_shown(f)) for f in findings], collapse_room)
+            render = lambda items: self._collapse(session, task, items)  # noqa: E731
+            batches = groups(item_costs(session, render, findings), collapse_room)
             session.plan("collapse", len(batches))
             findings = list(await asyncio.gather(*(
-                self._collapse_batch(session, task, [findings[j] for j in batch], i, limit)
+                self._collapse_batch(session, task, [findings[j] for j in batch], i, limit, collapse_room)
                 for i, batch in enumerate(batches)
             )))
             levels += 1
@@ -93,9 +104,15 @@ class MapReduce(Strategy):
         call = await session.call("manager", 0, self._reduce(session, task, ranked), answer_limit)
         return call.output, {"chunks": len(chunks), "kept": mapped, "collapse_levels": levels}
 
-    async def _collapse_batch(self, session: Session, task: Task, batch: list[Finding], index: int, limit: int) -> Finding:
+    async def _collapse_batch(
+        self, session: Session, task: Task, batch: list[Finding], index: int, limit: int, room: int
+    ) -> Finding:
         if len(batch) == 1:
             return batch[0]
+        render = lambda items: self._collapse(session, task, items)  # noqa: E731
+        if sum(item_costs(session, render, batch)) > room:  # batches pair findings even when too big: cut them
+            share = room // len(batch) - item_costs(session, render, [Finding("", "", "", 0)])[0]
+            batch = [shortened(session, finding, max(share, 4)) for finding in batch]
         call = await session.call("collapse", index, self._collapse(session, task, batch), limit)
         return read_finding(call.output)
 
@@ -115,7 +132,3 @@ class MapReduce(Strategy):
             items=items, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
             requirement=session.format(task).requirement,
         )
-
-
-def _shown(finding: Finding) -> str:
-    return " ".join((finding.information, finding.rationale, finding.answer, "confidence 0"))

@@ -25,9 +25,8 @@ class Merge(Strategy):
     Options = MergeOptions
 
     async def solve(self, session: Session, task: Task):
-        empty = answer_messages(session, task, "")
-        limit = session.answer_limit(empty, task)
-        chunks = session.chunks(task, session.budget(empty, limit, "merge worker"))
+        budget, limit = session.split_room(answer_messages(session, task, ""), task, "merge worker")
+        chunks = session.chunks(task, budget)
         session.plan("worker", len(chunks))
         calls = await asyncio.gather(*(
             session.call("worker", i, answer_messages(session, task, chunk.text), limit, span=chunk.span)
@@ -48,8 +47,7 @@ class Merge(Strategy):
 
 async def combine_with_manager(session: Session, task: Task, notes: list[str]) -> str:
     """One call that writes the final answer from notes on the parts."""
-    limit = session.answer_limit(combine_messages(session, task, []), task)
-    room = session.budget(combine_messages(session, task, [""] * len(notes)), limit, "combining")
+    room, limit = session.split_room(combine_messages(session, task, [""] * len(notes)), task, "combining")
     session.plan("manager", 1)
     call = await session.call("manager", 0, combine_messages(session, task, fit_notes(session, notes, room)), limit)
     return call.output

@@ -40,22 +40,24 @@ class Multipath(Strategy):
         }[o.paths]
         max_tokens = manager_tokens(session, task)
 
-        async def path(i: int, options: ChainOptions, temperature: float | None, path_seed: int) -> str:
-            chain = await run_chain(session, task, options, seed=path_seed, temperature=temperature, path=i)
-            return (await manage(session, task, chain.cu, max_tokens, path=i)).strip()
-
-        answers = list(await asyncio.gather(*(path(i, *plan) for i, plan in enumerate(plans))))
-        settings = {"answers": answers}
-        if o.combine == "vote":
-            return majority(answers, [vote_key(task.kind, a, len(task.choices)) for a in answers]), settings
-        def messages(shown: list[str]):
+        def judge_messages(shown: list[str]):
             return session.prompt("multipath", "judge").render(
                 answers=shown, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
                 requirement=session.format(task).requirement,
             )
 
-        limit = session.answer_limit(messages([]), task)
-        room = session.budget(messages([""] * len(answers)), limit, "judge")
+        if o.combine == "judge":  # checked before any chain runs, so a window too small fails fast
+            room, limit = session.split_room(judge_messages([""] * len(plans)), task, "judge")
+
+        async def path(i: int, options: ChainOptions, temperature: float | None, path_seed: int) -> str:
+            chain = await run_chain(session, task, options, seed=path_seed, temperature=temperature, path=i)
+            answer = await manage(session, task, chain.cu, max_tokens, seed=path_seed, temperature=temperature, path=i)
+            return answer.strip()
+
+        answers = list(await asyncio.gather(*(path(i, *plan) for i, plan in enumerate(plans))))
+        settings = {"answers": answers}
+        if o.combine == "vote":
+            return majority(answers, [vote_key(task.kind, a, len(task.choices)) for a in answers]), settings
         session.plan("judge", 1)
-        call = await session.call("judge", 0, messages(fit_notes(session, answers, room)), limit)
+        call = await session.call("judge", 0, judge_messages(fit_notes(session, answers, room)), limit)
         return call.output, settings

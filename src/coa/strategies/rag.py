@@ -34,9 +34,7 @@ class Rag(Strategy):
         options: RagOptions = self.options
         if options.chunk_words < 1:
             raise ConfigError("option chunk_words must be at least 1")
-        empty = answer_messages(session, task, "")
-        limit = session.answer_limit(empty, task)
-        room = session.budget(empty, limit, "rag")
+        room, limit = session.split_room(answer_messages(session, task, ""), task, "rag")
         passages = word_passages(task.document, options.chunk_words)
         query = task.query or (query_text(task) if task.kind is Kind.CODE else PSEUDO_QUERY)
         scores = await self._scores(passages, query)

@@ -22,9 +22,7 @@ class Vanilla(Strategy):
     Options = VanillaOptions
 
     async def solve(self, session: Session, task: Task):
-        empty = answer_messages(session, task, "")
-        limit = session.answer_limit(empty, task)
-        room = session.budget(empty, limit, "vanilla")
+        room, limit = session.split_room(answer_messages(session, task, ""), task, "vanilla")
         document = truncate(session, task.document, room, self.options.truncate)
         session.plan("reader", 1)
         call = await session.call("reader", 0, answer_messages(session, task, document), limit)

@@ -1,0 +1,334 @@
+"""Every strategy's call pattern and combination rule, with the scripted model."""
+
+import re
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coa import Config, ConfigError, Kind, ScriptedModel, Task
+from coa.models.base import count_prompt
+from coa.strategies import REGISTRY, get_strategy
+from coa.strategies.base import parse_options, parse_pairs
+from coa.strategies.hierarchical import read_worker
+from coa.strategies.mapreduce import read_finding
+
+NAMES = ["coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce"]
+
+
+def document(sentences: int) -> str:
+    return " ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(sentences))
+
+
+def user(messages):
+    return messages[-1]["content"]
+
+
+def numbers_in(text):
+    """Sentence numbers quoted in a prompt, in order."""
+    return [int(n) for n in re.findall(r"Sentence number (\d+)", text)]
+
+
+def run(name, task, *, window=600, cu=40, reply=None, outputs=(), concurrency=1, **options):
+    model = ScriptedModel(outputs, reply=reply, context_window=window)
+    config = Config(window=window, max_cu_tokens=cu, concurrency=concurrency)
+    result = get_strategy(name)(model, config, options=options).run(task)
+    return model, result
+
+
+def test_the_registry_lists_every_strategy():
+    assert NAMES == [name for name in REGISTRY if name in NAMES]
+    assert all(REGISTRY[name].description for name in NAMES)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(NAMES),
+    sentences=st.integers(min_value=1, max_value=120),
+    window=st.integers(min_value=500, max_value=1500),
+    words=st.integers(min_value=0, max_value=300),
+    kind=st.sampled_from([Kind.QA, Kind.SUMMARIZE]),
+)
+def test_no_strategy_sends_a_prompt_beyond_the_window(name, sentences, window, words, kind):
+    model = ScriptedModel(reply=lambda m: "word " * words, context_window=window)
+    task = Task(document(sentences), "What happened?" if kind is Kind.QA else None, kind)
+    result = get_strategy(name)(model, Config(window=window, max_cu_tokens=50)).run(task)
+    assert len(model.prompts) == len(result.calls) == result.usage.calls
+    for messages, max_tokens in zip(model.prompts, model.max_tokens):
+        assert count_prompt(model, messages) + max_tokens <= window
+    assert result.usage.prompt_tokens == sum(count_prompt(model, m) for m in model.prompts)
+
+
+# -- coa ----------------------------------------------------------------------------------------
+def test_coa_right_to_left_reads_the_last_chunk_first():
+    model, result = run("coa", Task(document(60), "Who?"), order="rtl", grounding=False)
+    read = [numbers_in(user(m)) for m in model.prompts[:-1]]
+    assert read[0][-1] == 59 and read[-1][0] == 0
+    assert sorted(n for chunk in read for n in chunk) == list(range(60))
+
+
+def test_coa_permutation_is_seeded_and_reads_every_chunk_once():
+    orders = []
+    for _ in range(2):
+        model, _ = run("coa", Task(document(60), "Who?"), order="perm", grounding=False)
+        orders.append([numbers_in(user(m))[0] for m in model.prompts[:-1]])
+    assert orders[0] == orders[1] and orders[0] != sorted(orders[0])
+    model, _ = run("coa", Task(document(60), "Who?"), order="perm", grounding=False)
+    assert sorted(n for m in model.prompts[:-1] for n in numbers_in(user(m))) == list(range(60))
+
+
+def test_coa_without_manager_answers_with_the_last_cu():
+    model, result = run("coa", Task(document(60), "Who?"), manager=False, grounding=False,
+                        outputs=[f"cu {i}" for i in range(20)])
+    assert [c.role for c in result.calls] == ["worker"] * len(result.calls)
+    assert result.answer == f"cu {len(result.calls) - 1}"
+
+
+@pytest.mark.parametrize("refusal", [
+    "The text does not mention the password.",
+    "No information about this is given in the text.",
+    "Not mentioned.",
+    "I don't know.",
+    "There is nothing relevant in this part.",
+])
+def test_collapse_guard_keeps_the_useful_cu(refusal):
+    outputs = ["Sentence number 2 tells of event 2 in the story.", refusal] + ["Sentence number 2 tells of event 2 in the story."] * 20
+    task = Task(document(60), "What happened in event 2?", Kind.SUMMARIZE)
+    model, result = run("coa", task, outputs=outputs)
+    second = result.workers[1]
+    assert second.output == refusal and second.cu == result.workers[0].cu
+    assert "collapse guard" in second.note
+    assert refusal not in user(model.prompts[2])
+    model, result = run("coa", task, outputs=outputs, guard=False)
+    assert result.workers[1].cu == refusal and refusal in user(model.prompts[2])
+
+
+# -- coa-multipath --------------------------------------------------------------------------------
+def answer_by_path(messages):
+    """Workers echo; managers answer by which chunk their chain read last."""
+    text = user(messages)
+    if "summary of the previous source text" in text:
+        return f"seen {numbers_in(text)[0]}"
+    if "Candidate" in text:
+        return "judged"
+    return "LAST " + re.findall(r"seen (\d+)", text)[-1]
+
+
+def test_multipath_bidirectional_runs_two_chains_and_a_judge():
+    model, result = run("coa-multipath", Task(document(60), "Who?"), reply=answer_by_path, grounding=False, guard=False)
+    paths = {c.path for c in result.calls if c.role in ("worker", "manager")}
+    assert paths == {0, 1}
+    last_chunk_start = numbers_in(user([c for c in result.calls if c.path == 0 and c.role == "worker"][-1].messages))[0]
+    # Left to right ends with the last chunk, right to left with the first.
+    assert result.settings["answers"] == [f"LAST {last_chunk_start}", "LAST 0"] and last_chunk_start > 0
+    judge = [c for c in result.calls if c.role == "judge"]
+    assert len(judge) == 1 and result.calls[-1] is judge[0]
+    assert f"Candidate 1: LAST {last_chunk_start}" in user(judge[0].messages) and "Candidate 2: LAST 0" in user(judge[0].messages)
+    assert "Question: Who?" in user(judge[0].messages)
+    assert result.answer == "judged"
+
+
+def test_multipath_vote_breaks_ties_by_path_order():
+    _, result = run("coa-multipath", Task(document(60), "Who?"), reply=answer_by_path, combine="vote", grounding=False, guard=False)
+    assert result.answer == result.settings["answers"][0] != "LAST 0" and not any(c.role == "judge" for c in result.calls)
+    _, result = run("coa-multipath", Task(document(60), "Who?"), paths="perm", n=3, combine="vote",
+                    reply=lambda m: "Paris." if "Candidate" not in user(m) else "x", grounding=False, guard=False)
+    assert result.answer == "Paris." and len(result.settings["answers"]) == 3
+
+
+def test_multipath_sampling_uses_a_temperature_and_a_seed_per_path():
+    seen = []
+
+    class Recorder(ScriptedModel):
+        def complete(self, messages, **kwargs):
+            seen.append((kwargs["temperature"], kwargs["seed"]))
+            return super().complete(messages, **kwargs)
+
+    model = Recorder(context_window=600)
+    get_strategy("coa-multipath")(model, Config(window=600, max_cu_tokens=40, seed=7),
+                                  options={"paths": "sample", "n": 3, "combine": "vote"}).run(Task(document(30), "Who?"))
+    assert {s for t, s in seen} == {7, 8, 9} and {t for t, s in seen} == {0.7}
+
+
+# -- vanilla --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("drop", "keeps_first", "keeps_last"), [("middle", True, True), ("head", False, True), ("tail", True, False)])
+def test_vanilla_truncates_as_asked(drop, keeps_first, keeps_last):
+    model, result = run("vanilla", Task(document(200), "Who?"), truncate=drop)
+    assert len(model.prompts) == 1
+    read = numbers_in(user(model.prompts[0]))
+    assert (0 in read) is keeps_first and (199 in read) is keeps_last
+    assert 100 not in read  # the document cannot fit: something was dropped
+    assert count_prompt(model, model.prompts[0]) + model.max_tokens[0] <= 600
+    assert result.settings["kept_tokens"] < result.settings["document_tokens"]
+
+
+def test_vanilla_sends_a_short_document_whole():
+    model, _ = run("vanilla", Task(document(5), "Who?"))
+    assert numbers_in(user(model.prompts[0])) == list(range(5))
+
+
+# -- rag ------------------------------------------------------------------------------------------
+def test_rag_retrieves_the_matching_passage_in_document_order():
+    text = document(300)
+    needle = "The lighthouse keeper hid the silver compass under the stairs."
+    middle = len(text) // 2
+    text = text[:middle] + " " + needle + " " + text[middle:]
+    model, result = run("rag", Task(text, "Where did the lighthouse keeper hide the silver compass?"), chunk_words=40)
+    prompt = user(model.prompts[0])
+    assert needle in prompt
+    retrieved = result.settings["retrieved"]
+    assert retrieved == sorted(retrieved) and len(retrieved) < result.settings["passages"]
+    assert count_prompt(model, model.prompts[0]) + model.max_tokens[0] <= 600
+
+
+def test_rag_without_a_query_uses_the_pseudo_query():
+    _, result = run("rag", Task(document(100), None, Kind.SUMMARIZE))
+    assert result.settings["query"] == "What is the summary of the whole text?"
+
+
+# -- merge ----------------------------------------------------------------------------------------
+def test_merge_answers_each_chunk_once_and_votes():
+    def reply(messages):
+        first = numbers_in(user(messages))[0]
+        return "Paris" if first < 60 else ("The text does not mention it." if first < 120 else "Rome")
+    model, result = run("merge", Task(document(200), "Capital?"), reply=reply)
+    workers = [c for c in result.calls if c.role == "worker"]
+    assert len(workers) == len(model.prompts) >= 3
+    read = [n for m in model.prompts for n in numbers_in(user(m))]
+    assert read == list(range(200))  # every chunk to exactly one call, each call one chunk
+    answers = [c.output for c in workers]
+    expected = max(["Paris", "Rome"], key=lambda a: (answers.count(a), a == "Paris"))
+    assert result.answer == expected
+    assert any("not counted" in c.note for c in workers)
+
+
+def test_merge_vote_tie_goes_to_the_earliest_chunk():
+    _, result = run("merge", Task(document(200), "Who?"), outputs=["Macbeth", "Banquo", "banquo.", "MACBETH!"])
+    assert result.answer == "Macbeth"
+
+
+def test_merge_summaries_go_to_a_manager():
+    model, result = run("merge", Task(document(200), None, Kind.SUMMARIZE), reply=lambda m: "part summary" if "Part 1:" not in user(m) else "final")
+    assert result.calls[-1].role == "manager" and result.answer == "final"
+    workers = len(result.calls) - 1
+    assert all(f"Part {i + 1}: part summary" in user(model.prompts[-1]) for i in range(workers))
+
+
+# -- hierarchical ---------------------------------------------------------------------------------
+def test_hierarchical_leaves_useless_chunks_out_of_the_tree():
+    def reply(messages):
+        text = user(messages)
+        if "Is the text above useful" in text:
+            first = numbers_in(text)[0]
+            return f"USEFUL: yes\nnote from {first}" if first == 0 else "USEFUL: no"
+        return "root answer"
+    model, result = run("hierarchical", Task(document(60), "Who?"), reply=reply)
+    root = user(model.prompts[-1])
+    assert "note from 0" in root and "Part 2:" not in root
+    assert result.settings["useful_chunks"] == 1 and result.answer == "root answer"
+    assert sum("not useful" in (c.note or "") for c in result.calls) == len(result.calls) - 2
+
+
+def test_hierarchical_merges_up_a_tree_when_notes_do_not_fit():
+    def reply(messages):
+        text = user(messages)
+        if "Is the text above useful" in text:
+            return "USEFUL: yes\n" + "fact " * 35
+        if "Merge these notes" in text:
+            return "merged " * 20
+        return "root"
+    model, result = run("hierarchical", Task(document(400), "Who?"), reply=reply, window=500)
+    roles = [c.role for c in result.calls]
+    assert "merge" in roles and roles[-1] == "manager" and result.settings["merge_levels"] >= 1
+    for messages, max_tokens in zip(model.prompts, model.max_tokens):
+        assert count_prompt(model, messages) + max_tokens <= 500
+
+
+def test_hierarchical_reads_the_useful_flag():
+    assert read_worker("USEFUL: yes\nThe king dies.") == (True, "The king dies.")
+    assert read_worker("**Useful:** no") == (False, "")
+    assert read_worker("The king dies.") == (True, "The king dies.")
+    assert read_worker("The text does not mention it.")[0] is False
+
+
+# -- mapreduce ------------------------------------------------------------------------------------
+def mapped(answer, confidence, info="a fact"):
+    return f"Extracted information: {info}\nRationale: because\nAnswer: {answer}\nConfidence: {confidence}"
+
+
+def test_mapreduce_drops_empty_chunks_and_ranks_by_confidence():
+    outputs = [mapped("Paris", 2), mapped("none", 0, info="none"), mapped("Rome", 5), mapped("Lyon", 4)] + [mapped("none", 0, "none")] * 10
+    model, result = run("mapreduce", Task(document(300), "Capital?"), outputs=outputs)
+    reduce = user(model.prompts[-1])
+    assert result.calls[1].note == "dropped: no information"
+    assert reduce.index("Answer: Rome") < reduce.index("Answer: Lyon") < reduce.index("Answer: Paris")
+    assert "(confidence 5)" in reduce and "Answer: none" not in reduce
+
+
+def test_mapreduce_vote_weighs_answers_by_confidence():
+    outputs = [mapped("Paris", 1), mapped("Paris", 1), mapped("Rome", 5)] + [mapped("none", 0, "none")] * 10
+    _, result = run("mapreduce", Task(document(300), "Capital?"), outputs=outputs, reduce="vote")
+    assert result.answer == "Rome" and not any(c.role == "manager" for c in result.calls)
+
+
+def test_mapreduce_collapses_groups_until_they_fit():
+    def reply(messages):
+        text = user(messages)
+        if "Combine them into one finding" in text:
+            return mapped("collapsed", 3, info="joined " * 10)
+        if "Findings from the parts" in text:
+            return "final"
+        return mapped("an answer", 3, info="fact " * 35)
+    model, result = run("mapreduce", Task(document(400), "Who?"), reply=reply, window=500)
+    roles = [c.role for c in result.calls]
+    assert "collapse" in roles and roles[-1] == "manager" and result.settings["collapse_levels"] >= 1
+    for messages, max_tokens in zip(model.prompts, model.max_tokens):
+        assert count_prompt(model, messages) + max_tokens <= 500
+
+
+def test_mapreduce_reads_structured_output():
+    finding = read_finding("**Extracted information**: The vault code is 42.\nRationale: stated\nAnswer: 42\nConfidence score: 9")
+    assert (finding.information, finding.answer, finding.confidence) == ("The vault code is 42.", "42", 5)
+    assert read_finding("Extracted information: none\nAnswer: none").empty
+
+
+# -- options and concurrency ----------------------------------------------------------------------
+def test_options_are_parsed_and_checked():
+    coa = get_strategy("coa")
+    assert parse_options(coa, parse_pairs(["order=rtl", "manager=false", "grounding=auto"])) == coa.Options("rtl", False, True, None)
+    with pytest.raises(ConfigError, match="no option 'depth'"):
+        parse_options(coa, {"depth": "2"})
+    with pytest.raises(ConfigError, match="not one of ltr, rtl, perm"):
+        parse_options(coa, {"order": "sideways"})
+    with pytest.raises(ConfigError, match="not a valid int"):
+        parse_options(get_strategy("coa-multipath"), {"n": "many"})
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_pairs(["order"])
+    with pytest.raises(ConfigError, match="unknown strategy 'fast'"):
+        get_strategy("fast")
+
+
+class SlowModel(ScriptedModel):
+    """Tracks how many calls are in flight at once."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.lock, self.now, self.most = threading.Lock(), 0, 0
+
+    def complete(self, messages, **kwargs):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.05)
+        with self.lock:
+            self.now -= 1
+        return super().complete(messages, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "concurrency", "most"), [("merge", 3, 3), ("mapreduce", 2, 2), ("coa", 4, 1), ("coa-multipath", 4, 2)])
+def test_independent_calls_run_concurrently_within_the_bound(name, concurrency, most):
+    model = SlowModel(context_window=600)
+    get_strategy(name)(model, Config(window=600, max_cu_tokens=40, concurrency=concurrency)).run(Task(document(120), "Who?"))
+    assert model.most == most
