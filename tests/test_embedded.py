@@ -81,6 +81,29 @@ def test_needle_in_the_middle_comes_back(books, embedded, tmp_path):
     assert "BLUE-HARBOR-42" not in workers[0]["cu"] and "BLUE-HARBOR-42" in workers[-1]["cu"]
 
 
+@pytest.fixture(scope="module")
+def needle_file(books, embedded, tmp_path_factory):
+    path = tmp_path_factory.mktemp("needle") / "haystack.txt"
+    path.write_text(haystack(books, 6000, embedded))
+    return path
+
+
+@pytest.mark.parametrize("strategy", ["coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce"])
+def test_every_strategy_runs_on_the_real_model(strategy, needle_file, embedded):
+    result = run_cli("ask", needle_file, "What is the secret password to the castle vault?",
+                     "--strategy", strategy, "--window", "2048", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["strategy"] == strategy and data["answer"].strip()
+    assert data["usage"]["calls"] == len(data["calls"]) >= 1
+    for call in data["calls"]:
+        prompt, _ = embedded.format(call["messages"])
+        # The trace's counts are the model's own: the prompt as its tokenizer reads it.
+        assert call["prompt_tokens"] == len(embedded._llm.tokenize(prompt.encode(), add_bos=True, special=True))
+        assert 0 < call["completion_tokens"] and call["prompt_tokens"] + call["completion_tokens"] <= 2048
+    print(f"{strategy}: {data['answer']!r} ({len(data['calls'])} calls)")
+
+
 def test_summarize_a_play(tmp_path):
     result = run_cli("summarize", EXAMPLE_PLAY, "--window", "2048", "--max-cu-tokens", "128", "--json")
     assert result.returncode == 0, result.stderr

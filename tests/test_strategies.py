@@ -1,5 +1,7 @@
 """Every strategy's call pattern and combination rule, with the scripted model."""
 
+import http.server
+import json
 import re
 import threading
 import time
@@ -332,3 +334,46 @@ def test_independent_calls_run_concurrently_within_the_bound(name, concurrency, 
     model = SlowModel(context_window=600)
     get_strategy(name)(model, Config(window=600, max_cu_tokens=40, concurrency=concurrency)).run(Task(document(120), "Who?"))
     assert model.most == most
+
+
+class EmbeddingServer(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-style /embeddings endpoint: bag-of-words vectors over a small vocabulary."""
+
+    VOCAB = ["lighthouse", "compass", "silver", "stairs", "event", "story"]
+    requests = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        EmbeddingServer.requests.append(body)
+        vectors = [[text.lower().count(word) + 0.01 for word in self.VOCAB] for text in body["input"]]
+        data = json.dumps({"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_rag_dense_retrieval_through_an_embeddings_endpoint():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EmbeddingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    text = document(300)
+    needle = "The lighthouse keeper hid the silver compass under the stairs."
+    text = text[: len(text) // 2] + " " + needle + " " + text[len(text) // 2 :]
+    try:
+        model, result = run("rag", Task(text, "Where is the silver compass?"), chunk_words=40, retriever="dense",
+                            embed_model="embedder", embed_url=f"http://127.0.0.1:{server.server_port}/v1")
+    finally:
+        server.shutdown()
+    request = EmbeddingServer.requests[-1]
+    assert request["model"] == "embedder" and request["input"][0] == "Where is the silver compass?"
+    assert len(request["input"]) == result.settings["passages"] + 1
+    assert needle in user(model.prompts[0])
+
+
+def test_rag_dense_retrieval_needs_a_model_name():
+    with pytest.raises(ConfigError, match="embed_model"):
+        run("rag", Task(document(50), "Who?"), retriever="dense")
