@@ -1,6 +1,10 @@
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,3 +42,32 @@ def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 900) -> sub
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200", "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""},
     )
+
+
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    """Base for small HTTP servers in tests: JSON in, JSON out, no logging."""
+
+    def read_json(self):
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def serve(handler):
+    """A real HTTP server on 127.0.0.1 for the duration; yields its /v1 base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()

@@ -1,12 +1,10 @@
 """The `coa` command end to end, with the scripted model unless a test needs more."""
 
-import http.server
 import json
-import threading
 
 import pytest
 
-from conftest import run_cli
+from conftest import JsonHandler, run_cli, serve
 
 SCRIPTED = ("--model", "scripted", "--window", "400", "--max-cu-tokens", "40")
 
@@ -119,45 +117,30 @@ def test_usage_mistakes_are_one_line_too(story):
         assert result.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-class FlakyServer(http.server.BaseHTTPRequestHandler):
+class FlakyServer(JsonHandler):
     """An OpenAI-style endpoint that answers two chat calls, then rejects the key."""
 
     answered = 0
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.read_json()
         if not self.path.endswith("/chat/completions"):
-            return self._reply(404, {"detail": "Not Found"})
+            return self.reply(404, {"detail": "Not Found"})
         if FlakyServer.answered >= 2:
-            return self._reply(401, {"error": "invalid key"})
+            return self.reply(401, {"error": "invalid key"})
         FlakyServer.answered += 1
-        self._reply(200, {"choices": [{"message": {"content": f"note {FlakyServer.answered}"}, "finish_reason": "stop"}],
-                          "usage": {"prompt_tokens": 100, "completion_tokens": 2}})
+        self.reply(200, {"choices": [{"message": {"content": f"note {FlakyServer.answered}"}, "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 100, "completion_tokens": 2}})
 
     def do_GET(self):
-        self._reply(404, {"detail": "Not Found"})
-
-    def _reply(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply(404, {"detail": "Not Found"})
 
 
 def test_a_failure_mid_chain_keeps_the_calls_made(story, tmp_path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     trace = tmp_path / "trace.json"
-    try:
-        result = run_cli("summarize", story, "--model", "openai:m", "--base-url", f"http://127.0.0.1:{server.server_port}/v1",
+    with serve(FlakyServer) as base_url:
+        result = run_cli("summarize", story, "--model", "openai:m", "--base-url", base_url,
                          "--window", "400", "--max-cu-tokens", "40", "--trace", trace)
-    finally:
-        server.shutdown()
     err = result.stderr.decode()
     assert result.returncode == 2 and "rejected the API key" in err and "the 2 calls made are in" in err
     partial = json.loads(trace.read_text())

@@ -1,7 +1,5 @@
 """Every strategy's call pattern and combination rule, with the scripted model."""
 
-import http.server
-import json
 import re
 import threading
 import time
@@ -16,6 +14,7 @@ from coa.strategies import REGISTRY, get_strategy
 from coa.strategies.base import parse_options, parse_pairs
 from coa.strategies.hierarchical import read_worker
 from coa.strategies.mapreduce import read_finding
+from conftest import JsonHandler, serve
 
 NAMES = ["coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce"]
 
@@ -336,38 +335,26 @@ def test_independent_calls_run_concurrently_within_the_bound(name, concurrency, 
     assert model.most == most
 
 
-class EmbeddingServer(http.server.BaseHTTPRequestHandler):
+class EmbeddingServer(JsonHandler):
     """An OpenAI-style /embeddings endpoint: bag-of-words vectors over a small vocabulary."""
 
     VOCAB = ["lighthouse", "compass", "silver", "stairs", "event", "story"]
     requests = []
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         EmbeddingServer.requests.append(body)
         vectors = [[text.lower().count(word) + 0.01 for word in self.VOCAB] for text in body["input"]]
-        data = json.dumps({"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply(200, {"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)]})
 
 
 def test_rag_dense_retrieval_through_an_embeddings_endpoint():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EmbeddingServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     text = document(300)
     needle = "The lighthouse keeper hid the silver compass under the stairs."
     text = text[: len(text) // 2] + " " + needle + " " + text[len(text) // 2 :]
-    try:
+    with serve(EmbeddingServer) as base_url:
         model, result = run("rag", Task(text, "Where is the silver compass?"), chunk_words=40, retriever="dense",
-                            embed_model="embedder", embed_url=f"http://127.0.0.1:{server.server_port}/v1")
-    finally:
-        server.shutdown()
+                            embed_model="embedder", embed_url=base_url)
     request = EmbeddingServer.requests[-1]
     assert request["model"] == "embedder" and request["input"][0] == "Where is the silver compass?"
     assert len(request["input"]) == result.settings["passages"] + 1
