@@ -1,0 +1,62 @@
+"""The `coa` command: parses, calls the library, prints. Errors are one line and exit code 2.
+
+Commands live in submodules: run (ask, summarize, complete), info (strategies,
+models), evaluate (eval, report).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from coa.config import DEFAULT_WINDOW
+from coa.errors import CoaError
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def model_options(command):
+    """Options that choose and configure the model."""
+    options = [
+        click.option("--model", "-m", default="embedded", show_default=True, help="embedded, gguf:PATH, openai:NAME or scripted."),
+        click.option("--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server URL [env: OPENAI_BASE_URL]."),
+        click.option("--api-key", envvar="OPENAI_API_KEY", help="API key for the server [env: OPENAI_API_KEY]."),
+        click.option("--window", "-w", type=click.IntRange(min=64), default=DEFAULT_WINDOW, show_default=True, help="Context window in tokens (capped at the model's)."),
+        click.option("--max-cu-tokens", type=click.IntRange(min=1), help="Longest communication unit [default: 1024, or window/8 if smaller]."),
+        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="chainofagents")
+def cli() -> None:
+    """Chain-of-Agents: answer, summarize and complete over inputs longer than the model's window."""
+
+
+def main() -> None:
+    """Run the CLI; any user-facing error becomes one line on stderr and exit code 2."""
+    try:
+        code = cli.main(prog_name="coa", standalone_mode=False)
+    except click.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "coa"
+        _fail(f"{e.format_message()} (see {command} --help)", 2)
+    except click.ClickException as e:
+        _fail(e.format_message(), 2)
+    except CoaError as e:
+        _fail(str(e), 2)
+    except (KeyboardInterrupt, click.Abort) as e:
+        _fail(str(e) or "interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    stderr.print(f"error: {' '.join(message.split())}", markup=False, soft_wrap=True)
+    sys.exit(code)
+
+
+from coa.cli import evaluate, info, run  # noqa: E402,F401  (registers the commands)

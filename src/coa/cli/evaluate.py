@@ -1,0 +1,68 @@
+"""`coa eval` and `coa report`: run strategies over a dataset, then read the results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from coa.cli import cli, model_options, stderr
+
+
+@cli.command("eval")
+@click.option("--dataset", "-d", required=True, help="niah, hotpotqa, qmsum, leval:TASK, code, jsonl:PATH, longbench:PATH.")
+@click.option("--strategies", "-s", default="coa,vanilla,rag", show_default=True,
+              help="Comma-separated; options after colons, e.g. coa,coa:order=rtl,vanilla.")
+@model_options
+@click.option("--limit", "-n", type=click.IntRange(min=1), help="Use the first N examples.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Pairs in flight at once.")
+@click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue a run in --out: finished pairs are skipped.")
+@click.option("--retry-errors", is_flag=True, help="With --resume, run failed pairs again.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dataset generators and sampling.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="COA_DATA_DIR",
+              help="Where the datasets live [env: COA_DATA_DIR; default: ../shared/data].")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
+def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_tokens, temperature, limit, concurrency,
+             out, resume, retry_errors, seed, data_dir, opts) -> None:
+    """Run strategies over a dataset; results stream into OUT/results.sqlite."""
+    from coa.eval.report import markdown
+    from coa.eval.runner import Evaluation, evaluate as run
+    from coa.models.registry import load_model
+    from coa.strategies.base import parse_pairs
+
+    evaluation = Evaluation(
+        dataset=dataset, strategies=[s for s in strategies.split(",") if s.strip()], model=model, window=window,
+        max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, limit=limit, concurrency=concurrency,
+        out=out, resume=resume, retry_errors=retry_errors, data_dir=data_dir, options=parse_pairs(opts),
+        base_url=base_url, api_key=api_key,
+    )
+    store = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key), console=stderr)
+    click.echo(markdown(store))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as a JSON list instead of tables.")
+@click.option("--html", "as_html", is_flag=True, help="Also write RUN_DIR/report.html with plots and a trace browser.")
+def report(run_dir: Path, as_json: bool, as_html: bool) -> None:
+    """Tables (and RUN_DIR/report.md), plots (PNG) and optionally an HTML page for a run."""
+    from coa.errors import InputError
+    from coa.eval.report import html_page, markdown, plots, summary
+    from coa.eval.store import Store
+
+    if not (run_dir / Store.FILE).is_file():
+        raise InputError(f"{run_dir}: no {Store.FILE} here (is it the --out of a coa eval?)")
+    store = Store(run_dir)
+    text = markdown(store)
+    (run_dir / "report.md").write_text(text, encoding="utf-8")
+    images = plots(store, run_dir)
+    if as_html:
+        (run_dir / "report.html").write_text(html_page(store, images), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(summary(store), indent=2))
+    else:
+        click.echo(text)
+        written = [p.name for p in images] + (["report.html"] if as_html else [])
+        stderr.print(f"wrote report.md{', ' + ', '.join(written) if written else ''} in {run_dir}")

@@ -1,0 +1,89 @@
+"""Datasets by name. A loader turns options into Examples: a Task, its references and how to score it.
+
+    @dataset("niah")
+    def niah(source: Source) -> Iterator[Example]: ...
+
+`Source` carries the data directory, the loader's options (`--opt key=value`), the
+seed, and the evaluated model's token counter (lengths are in that model's tokens).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coa.errors import ConfigError, InputError
+from coa.task import Task
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    task: Task
+    references: list[str]
+    metric: str
+    meta: dict[str, Any] = field(default_factory=dict)  # length, depth, positions, ...
+
+
+@dataclass
+class Source:
+    data_dir: Path
+    options: dict[str, str]
+    seed: int
+    count_tokens: Callable[[str], int]
+    argument: str = ""  # what follows the colon in "leval:quality" or "jsonl:PATH"
+    used: set[str] = field(default_factory=set)
+
+    def option(self, key: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
+        self.used.add(key)
+        if key not in self.options:
+            return default
+        try:
+            return kind(self.options[key])
+        except ValueError:
+            raise ConfigError(f"dataset option {key}={self.options[key]!r} is not a valid value") from None
+
+    def file(self, *parts: str) -> Path:
+        path = self.data_dir.joinpath(*parts)
+        if not path.is_file():
+            raise InputError(f"{path}: not found (point --data-dir or COA_DATA_DIR at the data directory)")
+        return path
+
+
+Loader = Callable[[Source], Iterator[Example]]
+DATASETS: dict[str, tuple[Loader, str]] = {}
+
+
+def dataset(name: str, description: str):
+    def register(loader: Loader) -> Loader:
+        DATASETS[name] = (loader, description)
+        return loader
+
+    return register
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("COA_DATA_DIR", "../shared/data"))
+
+
+def load(name: str, *, data_dir: Path | None, options: dict[str, str], seed: int,
+         count_tokens: Callable[[str], int], limit: int | None = None) -> list[Example]:
+    """The examples of dataset `name` ("niah", "leval:quality", "jsonl:PATH", ...), at most `limit`."""
+    from coa.eval.datasets import code, hotpotqa, jsonl, leval, niah, qmsum  # noqa: F401  (register)
+
+    family, _, argument = name.partition(":")
+    if family not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose from: {', '.join(sorted(DATASETS))}")
+    source = Source(data_dir or default_data_dir(), dict(options), seed, count_tokens, argument)
+    examples = []
+    for example in DATASETS[family][0](source):
+        examples.append(example)
+        if limit is not None and len(examples) >= limit:
+            break
+    unknown = set(options) - source.used
+    if unknown:
+        raise ConfigError(f"dataset {family} has no option {', '.join(sorted(unknown))}")
+    return examples

@@ -1,0 +1,123 @@
+"""LongBench-compatible metrics, registered by name. Each scores one prediction against
+its references and keeps the best match; scores are in [0, 1]."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from functools import cache
+
+from rapidfuzz import fuzz
+
+from coa.answers import choice_letter, normalize_answer
+
+Metric = Callable[..., float]  # (prediction, reference, **context) -> score
+METRICS: dict[str, Metric] = {}
+
+
+def metric(name: str):
+    def register(fn: Metric) -> Metric:
+        METRICS[name] = fn
+        return fn
+
+    return register
+
+
+def score(name: str, prediction: str, references: Sequence[str], **context) -> float:
+    """The best score of `prediction` over `references` by metric `name`."""
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+    return max((METRICS[name](prediction, r, **context) for r in references), default=0.0)
+
+
+@metric("qa_f1")
+def qa_f1(prediction: str, reference: str, **context) -> float:
+    """Token F1 after SQuAD normalisation (LongBench's qa_f1_score)."""
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+@metric("exact_match")
+def exact_match(prediction: str, reference: str, **context) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+@metric("contains")
+def contains(prediction: str, reference: str, **context) -> float:
+    """1 when the normalised reference appears in the normalised prediction."""
+    return float(normalize_answer(reference) in normalize_answer(prediction))
+
+
+@cache
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+
+
+def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
+    return {k: v.fmeasure for k, v in _rouge().score(reference, prediction).items()}
+
+
+@metric("rouge")
+def rouge(prediction: str, reference: str, **context) -> float:
+    """Geometric mean of ROUGE-1, ROUGE-2 and ROUGE-L F1 (the Chain-of-Agents paper's summary metric)."""
+    values = rouge_scores(prediction, reference).values()
+    return math.prod(values) ** (1 / 3) if all(v > 0 for v in values) else 0.0
+
+
+@metric("rougeL")
+def rouge_l(prediction: str, reference: str, **context) -> float:
+    """ROUGE-L F1 alone (LongBench's rouge_score)."""
+    return rouge_scores(prediction, reference)["rougeL"]
+
+
+@metric("code_sim")
+def code_sim(prediction: str, reference: str, **context) -> float:
+    """Edit similarity of the first line of code (LongBench's code_sim_score)."""
+    line = next((l for l in prediction.lstrip("\n").split("\n") if l.strip() and not l.strip().startswith(("`", "#", "//"))), "")
+    return fuzz.ratio(line.strip(), reference.strip()) / 100
+
+
+@metric("needle")
+def needle(prediction: str, reference: str, **context) -> float:
+    """Share of the needle values (separated by " | ") that appear in the prediction."""
+    values = [v.strip() for v in reference.split(" | ") if v.strip()]
+    return sum(v.lower() in prediction.lower() for v in values) / len(values) if values else 0.0
+
+
+@metric("choice")
+def choice(prediction: str, reference: str, choices: int = 4, **context) -> float:
+    """1 when the prediction picks the reference's option letter (the reference: "B", or "(B) text")."""
+    expected = choice_letter(reference, choices)
+    return float(expected is not None and choice_letter(prediction, choices) == expected)
+
+
+@metric("classification")
+def classification(prediction: str, reference: str, all_classes: Sequence[str] = (), **context) -> float:
+    """LongBench's classification_score: credit shared among the classes the prediction names."""
+    named = [c for c in all_classes if c in prediction]
+    named = [c for c in named if not (c in reference and c != reference)]
+    if not all_classes:
+        return float(reference in prediction)
+    return 1.0 / len(named) if reference in named else 0.0
+
+
+@metric("retrieval")
+def retrieval(prediction: str, reference: str, **context) -> float:
+    """LongBench's retrieval_score: the share of numbers in the prediction that name the right paragraph."""
+    wanted = re.findall(r"Paragraph (\d+)", reference)
+    numbers = re.findall(r"\d+", prediction)
+    return sum(n == wanted[0] for n in numbers) / len(numbers) if wanted and numbers else 0.0
+
+
+@metric("count")
+def count(prediction: str, reference: str, **context) -> float:
+    numbers = re.findall(r"\d+", prediction)
+    return sum(n == str(reference) for n in numbers) / len(numbers) if numbers else 0.0

@@ -1,0 +1,242 @@
+"""`coa report`: tables per dataset, plots, and a self-contained HTML page with a trace browser."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from coa.eval.store import Store
+
+MEANS = ("document_tokens", "calls", "prompt_tokens", "completion_tokens", "seconds")
+MAX_MESSAGE_CHARS = 20_000  # per prompt shown in the trace browser; chunks at 8k windows fit
+
+
+def summary(store: Store) -> list[dict[str, Any]]:
+    """One entry per (dataset, strategy): pairs scored, errors, mean score (0-100) and mean costs."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in store.rows():
+        groups[row["dataset"], row["strategy"]].append(row)
+    order = {d: (store.config(d) or {}).get("strategies", []) for d in store.datasets()}
+    entries = []
+    for (dataset, strategy), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], _rank(order, *kv[0]))):
+        scored = [r for r in rows if r["error"] is None]
+        entry = {"dataset": dataset, "strategy": strategy, "n": len(scored), "errors": len(rows) - len(scored),
+                 "metric": rows[0]["metric"],
+                 "score": round(100 * statistics.fmean(r["score"] for r in scored), 2) if scored else None}
+        for key in MEANS:
+            values = [r[key] for r in scored if r[key] is not None]
+            entry[key] = round(statistics.fmean(values), 2) if values else None
+        entries.append(entry)
+    return entries
+
+
+def _rank(order: dict[str, list[str]], dataset: str, strategy: str) -> tuple[int, str]:
+    listed = order.get(dataset, [])
+    return (listed.index(strategy) if strategy in listed else len(listed), strategy)
+
+
+def markdown(store: Store) -> str:
+    """A markdown table per dataset, headed by what was run."""
+    entries = summary(store)
+    parts = []
+    for dataset in dict.fromkeys(e["dataset"] for e in entries):
+        config = store.config(dataset) or {}
+        rows = [e for e in entries if e["dataset"] == dataset]
+        options = " ".join(f"{k}={v}" for k, v in config.get("options", {}).items())
+        parts.append(
+            f"### {dataset}\n\n"
+            f"model `{config.get('model')}`, window {config.get('window')}, seed {config.get('seed')}"
+            f"{', options ' + options if options else ''}; metric {rows[0]['metric']} (x100); "
+            f"run started {config.get('started', '?')}, version {config.get('version', '?')} ({config.get('git') or 'no git'})\n\n"
+            "| strategy | score | n | errors | doc tokens | calls | prompt tokens | completion tokens | seconds |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+            + "".join(
+                f"| {e['strategy']} | {_fmt(e['score'])} | {e['n']} | {e['errors']} | {_fmt(e['document_tokens'], 0)} "
+                f"| {_fmt(e['calls'], 1)} | {_fmt(e['prompt_tokens'], 0)} | {_fmt(e['completion_tokens'], 0)} | {_fmt(e['seconds'], 1)} |\n"
+                for e in rows
+            )
+        )
+    return "\n".join(parts) if parts else "No results yet.\n"
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def plots(store: Store, directory: Path) -> list[Path]:
+    """PNG plots into `directory`: score against document length per dataset, and a depth x
+    length heat map per strategy for niah."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written = []
+    for dataset in store.datasets():
+        rows = [r for r in store.rows(dataset) if r["error"] is None]
+        if not rows:
+            continue
+        written.append(_length_plot(dataset, rows, directory))
+        if dataset.startswith("niah"):
+            written.extend(_heat_maps(dataset, rows, directory))
+    return written
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-")
+
+
+def _length_plot(dataset: str, rows: list[dict], directory: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        points = _binned([r for r in rows if r["strategy"] == strategy])
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=strategy)
+    ax.set_xscale("log")
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel(f"score ({rows[0]['metric']}, x100)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"{dataset}: score by document length")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = directory / f"{_slug(dataset)}-length.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _binned(rows: list[dict]) -> list[tuple[float, float]]:
+    """(length, mean score x100): by the requested length where the dataset sets one, else in
+    up to five equal-count bins of the document's tokens."""
+    if all("length" in r["meta"] for r in rows):
+        by: dict[float, list[float]] = defaultdict(list)
+        for r in rows:
+            by[r["meta"]["length"]].append(r["score"])
+        return [(x, 100 * statistics.fmean(v)) for x, v in sorted(by.items())]
+    ordered = sorted(rows, key=lambda r: r["document_tokens"])
+    size = max(1, -(-len(ordered) // 5))
+    bins = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    return [(statistics.fmean(r["document_tokens"] for r in b), 100 * statistics.fmean(r["score"] for r in b)) for b in bins]
+
+
+def _heat_maps(dataset: str, rows: list[dict], directory: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["meta"]["length"] for r in rows})
+    depths = sorted({r["meta"]["depth"] for r in rows})
+    paths = []
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        grid = [[float("nan")] * len(lengths) for _ in depths]
+        cells: dict[tuple, list[float]] = defaultdict(list)
+        for r in rows:
+            if r["strategy"] == strategy:
+                cells[r["meta"]["depth"], r["meta"]["length"]].append(r["score"])
+        for (depth, length), scores in cells.items():
+            grid[depths.index(depth)][lengths.index(length)] = 100 * statistics.fmean(scores)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.0 + 0.55 * len(depths)))
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(lengths)), [f"{x:,}" for x in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+        for i in range(len(depths)):
+            for j in range(len(lengths)):
+                if grid[i][j] == grid[i][j]:
+                    ax.text(j, i, f"{grid[i][j]:.0f}", ha="center", va="center", fontsize=8)
+        ax.set_xlabel("haystack length (tokens)")
+        ax.set_ylabel("needle depth")
+        ax.set_title(f"{dataset}: {strategy}")
+        fig.colorbar(image, ax=ax, label="recall")
+        path = directory / f"{_slug(dataset)}-heatmap-{_slug(strategy)}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# -- HTML ------------------------------------------------------------------------------------------
+def html_page(store: Store, images: list[Path]) -> str:
+    """One self-contained page: the tables, the plots, and a browser over every pair's trace."""
+    import markdown_it
+
+    tables = markdown_it.MarkdownIt("commonmark").enable("table").render(markdown(store))
+    pictures = "".join(
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for p in images
+    )
+    pairs = [_browsable(r) for r in store.rows(traces=True)]
+    data = json.dumps(pairs, ensure_ascii=False).replace("</", "<\\/")
+    return PAGE.replace("{{tables}}", tables).replace("{{plots}}", pictures).replace("{{data}}", data)
+
+
+def _browsable(row: dict) -> dict:
+    """What the trace browser shows of a pair: each call's input text and output, capped in size."""
+    calls = []
+    for call in (row.get("trace") or {}).get("calls", []):
+        text = call["messages"][-1]["content"] if call.get("messages") else ""
+        calls.append({
+            "role": call["role"], "index": call["index"], "path": call.get("path"), "span": call.get("span"),
+            "prompt_tokens": call["prompt_tokens"], "completion_tokens": call["completion_tokens"],
+            "seconds": round(call["seconds"], 2), "input": text[:MAX_MESSAGE_CHARS], "cut": len(text) > MAX_MESSAGE_CHARS,
+            "output": call["output"], "cu": call.get("cu"), "note": call.get("note"),
+        })
+    return {"dataset": row["dataset"], "example": row["example"], "strategy": row["strategy"], "score": row["score"],
+            "prediction": row["prediction"], "references": row["refs"], "error": row["error"], "calls": calls}
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>coa evaluation report</title>
+<style>
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: .5rem 0 1.5rem; } th, td { border: 1px solid #ccc; padding: .25rem .5rem; }
+td { text-align: right; } td:first-child { text-align: left; }
+figure { display: inline-block; margin: .5rem; } img { max-width: 100%; }
+select { max-width: 100%; font: inherit; } .call { border: 1px solid #ddd; border-radius: 6px; margin: .6rem 0; padding: .5rem .8rem; }
+.call h4 { margin: 0 0 .3rem; } pre { white-space: pre-wrap; background: #f6f6f6; padding: .4rem; max-height: 18rem; overflow: auto; }
+.note { color: #a15c00; } .bad { color: #b00020; } details summary { cursor: pointer; color: #555; }
+</style></head><body>
+<h1>Evaluation report</h1>
+<h2>Results</h2>{{tables}}
+<h2>Plots</h2>{{plots}}
+<h2>Trace browser</h2>
+<p><label>Pair: <select id="pair"></select></label></p>
+<div id="trace"></div>
+<script id="pairs" type="application/json">{{data}}</script>
+<script>
+const pairs = JSON.parse(document.getElementById("pairs").textContent);
+const select = document.getElementById("pair");
+const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+pairs.forEach((p, i) => {
+  const option = document.createElement("option");
+  option.value = i;
+  option.textContent = `${p.dataset} · ${p.example} · ${p.strategy} · ` + (p.error ? "error" : `score ${(100 * p.score).toFixed(0)}`);
+  select.appendChild(option);
+});
+function show(i) {
+  const p = pairs[i];
+  if (!p) { document.getElementById("trace").innerHTML = "<p>No pairs.</p>"; return; }
+  let out = `<p><b>Prediction:</b> ${esc(p.prediction)}<br><b>References:</b> ${esc((p.references || []).join(" | "))}`;
+  out += p.error ? `<br><b class="bad">Error:</b> ${esc(p.error)}</p>` : `<br><b>Score:</b> ${(100 * p.score).toFixed(1)}</p>`;
+  for (const c of p.calls) {
+    const label = `${c.role} ${c.index + 1}` + (c.path !== null && c.path !== undefined ? ` (path ${c.path + 1})` : "");
+    out += `<div class="call ${c.role}"><h4>${esc(label)}</h4>`;
+    out += `<div>${c.prompt_tokens} prompt + ${c.completion_tokens} completion tokens, ${c.seconds} s` + (c.span ? `, chunk tokens ${c.span[0]}–${c.span[1]}` : "") + `</div>`;
+    out += `<details><summary>input${c.cut ? " (cut)" : ""}</summary><pre>${esc(c.input)}</pre></details>`;
+    out += `<div><b>output:</b><pre class="output">${esc(c.output)}</pre></div>`;
+    if (c.cu !== null && c.cu !== undefined && c.cu !== c.output.trim()) out += `<div><b>CU passed on:</b><pre class="cu">${esc(c.cu)}</pre></div>`;
+    if (c.note) out += `<div class="note">${esc(c.note)}</div>`;
+    out += `</div>`;
+  }
+  document.getElementById("trace").innerHTML = out;
+}
+select.addEventListener("change", () => show(select.value));
+const wanted = new URLSearchParams(location.hash.slice(1)).get("pair");
+select.value = wanted ?? 0;
+show(select.value);
+</script></body></html>
+"""

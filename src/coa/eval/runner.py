@@ -1,0 +1,162 @@
+"""`coa eval`: every (example, strategy) pair once, results streamed into the run's store."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from coa.config import Config
+from coa.errors import CoaError, ConfigError
+from coa.eval import metrics
+from coa.eval.datasets import Example, load
+from coa.eval.store import Store
+from coa.models.base import Model
+from coa.strategies import get_strategy
+from coa.strategies.base import parse_options, parse_pairs
+
+# Settings that must match for a resumed run to extend the same experiment.
+FIXED = ("model", "window", "max_cu_tokens", "temperature", "seed", "options")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy with options, written "coa" or "coa:order=rtl:manager=false"."""
+
+    label: str
+    name: str
+    options: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> StrategySpec:
+        name, *pairs = text.strip().split(":")
+        options = parse_pairs(pairs)
+        parse_options(get_strategy(name), options)  # checked now, not after hours of running
+        return cls(text.strip(), name, options)
+
+
+@dataclass
+class Evaluation:
+    dataset: str
+    strategies: list[str]
+    model: str = "embedded"
+    window: int = 8192
+    max_cu_tokens: int | None = None
+    temperature: float = 0.0
+    seed: int = 0
+    limit: int | None = None
+    concurrency: int = 1  # pairs in flight at once
+    out: Path = Path("runs/latest")
+    resume: bool = False
+    retry_errors: bool = False
+    data_dir: Path | None = None
+    options: dict[str, str] = field(default_factory=dict)  # the dataset's options
+    base_url: str | None = None
+    api_key: str | None = None
+
+
+def run_config(evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "dataset": evaluation.dataset,
+        "model": evaluation.model,
+        "window": evaluation.window,
+        "max_cu_tokens": evaluation.max_cu_tokens,
+        "temperature": evaluation.temperature,
+        "seed": evaluation.seed,
+        "options": evaluation.options,
+        "limit": evaluation.limit,
+        "strategies": evaluation.strategies,
+        "version": metadata.version("chainofagents"),
+        "git": git_hash(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = None) -> Store:
+    """Run every pending pair; returns the store holding all of the run's results."""
+    specs = [StrategySpec.parse(s) for s in evaluation.strategies]
+    if not specs:
+        raise ConfigError("give at least one strategy")
+    store = Store(evaluation.out)
+    config = run_config(evaluation)
+    previous = store.config(evaluation.dataset)
+    if previous is not None:
+        if not evaluation.resume:
+            raise ConfigError(f"{evaluation.out} already holds results for {evaluation.dataset}; use --resume or another --out")
+        changed = [k for k in FIXED if previous.get(k) != config[k]]
+        if changed:
+            raise ConfigError(f"cannot resume {evaluation.out}: {', '.join(changed)} differ from the stored run")
+        config["strategies"] = list(dict.fromkeys(previous["strategies"] + config["strategies"]))
+        config["started"] = previous["started"]
+    store.set_config(evaluation.dataset, config)
+    examples = load(evaluation.dataset, data_dir=evaluation.data_dir, options=evaluation.options,
+                    seed=evaluation.seed, count_tokens=model.count_tokens, limit=evaluation.limit)
+    done = store.finished(evaluation.dataset, errors=not evaluation.retry_errors)
+    pending = [(i, e, s) for i, e in enumerate(examples) for s in specs if (e.id, s.label) not in done]
+    run_settings = Config(window=evaluation.window, max_cu_tokens=evaluation.max_cu_tokens,
+                          temperature=evaluation.temperature, seed=evaluation.seed)
+    asyncio.run(_run(pending, evaluation, model, run_settings, store, console or Console(stderr=True)))
+    return store
+
+
+async def _run(pending, evaluation: Evaluation, model: Model, config: Config, store: Store, console: Console) -> None:
+    slots = asyncio.Semaphore(max(1, evaluation.concurrency))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"{evaluation.dataset}", total=len(pending))
+
+        async def one(position: int, example: Example, spec: StrategySpec) -> None:
+            async with slots:
+                store.save(await run_pair(evaluation.dataset, position, example, spec, model, config))
+            progress.advance(bar)
+
+        await asyncio.gather(*(one(*pair) for pair in pending))
+
+
+async def run_pair(dataset: str, position: int, example: Example, spec: StrategySpec, model: Model, config: Config) -> dict:
+    """One strategy on one example, as a results row; a failure is recorded, not raised."""
+    row: dict[str, Any] = {
+        "dataset": dataset, "example": example.id, "strategy": spec.label, "position": position,
+        "refs": example.references, "metric": example.metric, "meta": example.meta,
+        "document_tokens": example.meta.get("tokens") or model.count_tokens(example.task.document),
+        "prediction": None, "score": None, "calls": None, "prompt_tokens": None, "completion_tokens": None,
+        "seconds": None, "trace": None, "error": None,
+    }
+    started = time.perf_counter()
+    try:
+        strategy = get_strategy(spec.name)(model, config, options=spec.options)
+        result = await strategy.arun(example.task)
+    except CoaError as e:
+        return {**row, "error": str(e), "seconds": time.perf_counter() - started}
+    except Exception as e:  # a bug or a backend failure must not end a long run
+        return {**row, "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - started}
+    usage = result.usage
+    context = {"choices": len(example.task.choices) or 4, "all_classes": example.meta.get("all_classes", [])}
+    return {
+        **row,
+        "prediction": result.answer,
+        "score": metrics.score(example.metric, result.answer, example.references, **context),
+        "calls": usage.calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "seconds": usage.seconds,
+        "trace": result.to_dict(),
+    }
