@@ -228,7 +228,7 @@ function show(i) {
     out += `<div>${c.prompt_tokens} prompt + ${c.completion_tokens} completion tokens, ${c.seconds} s` + (c.span ? `, chunk tokens ${c.span[0]}–${c.span[1]}` : "") + `</div>`;
     out += `<details><summary>input${c.cut ? " (cut)" : ""}</summary><pre>${esc(c.input)}</pre></details>`;
     out += `<div><b>output:</b><pre class="output">${esc(c.output)}</pre></div>`;
-    if (c.cu !== null && c.cu !== undefined && c.cu !== c.output.trim()) out += `<div><b>CU passed on:</b><pre class="cu">${esc(c.cu)}</pre></div>`;
+    if (c.cu !== null && c.cu !== undefined) out += `<div><b>CU passed on:</b><pre class="cu">${esc(c.cu)}</pre></div>`;
     if (c.note) out += `<div class="note">${esc(c.note)}</div>`;
     out += `</div>`;
   }

@@ -1,0 +1,155 @@
+"""`coa eval` and `coa report` end to end: resume after SIGKILL, refusals, the report and its HTML page."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import EXAMPLE_PLAY, REPO, JsonHandler, run_cli, serve
+
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+class SlowServer(JsonHandler):
+    """An OpenAI-style chat endpoint that takes a while per call and counts the calls."""
+
+    calls = 0
+    lock = threading.Lock()
+
+    def do_POST(self):
+        body = self.read_json()
+        if not self.path.endswith("/chat/completions"):
+            return self.reply(404, {"detail": "Not Found"})
+        with SlowServer.lock:
+            SlowServer.calls += 1
+        time.sleep(0.25)
+        answer = body["messages"][-1]["content"].split()[-1]
+        self.reply(200, {"choices": [{"message": {"content": answer}, "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 50, "completion_tokens": 1}})
+
+    def do_GET(self):
+        self.reply(404, {"detail": "Not Found"})
+
+
+@pytest.fixture
+def questions(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(
+        json.dumps({"id": f"q{i}", "context": f"Item {i} is stored in box {i * 7}. " * 20, "input": f"Where is item {i}?",
+                    "answers": [f"box {i * 7}"]}) + "\n" for i in range(8)))
+    return path
+
+
+def stored(run_dir):
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        return {(e, s): t for e, s, t in db.execute("SELECT example, strategy, finished_at FROM results")}
+
+
+def test_a_killed_run_resumes_without_losing_or_repeating_pairs(tmp_path, questions):
+    run_dir = tmp_path / "run"
+    with serve(SlowServer) as base_url:
+        args = [sys.executable, "-m", "coa", "eval", "--dataset", f"jsonl:{questions}", "--strategies", "vanilla,rag",
+                "--model", "openai:slow", "--base-url", base_url, "--window", "1024", "--out", str(run_dir)]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not ((run_dir / "results.sqlite").exists() and len(stored(run_dir)) >= 4):
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        before = stored(run_dir)
+        assert 4 <= len(before) < 16, "the run must be killed in the middle"
+        time.sleep(1)  # let the server finish the request the killed run left in flight
+        calls_before = SlowServer.calls
+
+        again = run_cli(*args[3:], "--resume")
+        assert again.returncode == 0, again.stderr
+        after = stored(run_dir)
+        assert len(after) == 16  # every (example, strategy) pair, once (the key is unique)
+        assert all(after[pair] == stamp for pair, stamp in before.items())  # finished pairs were not run again
+        assert SlowServer.calls - calls_before == 16 - len(before)  # one call per pair still to do
+
+        # Without --resume the stored run is protected; with changed settings it cannot be resumed.
+        refused = run_cli(*args[3:])
+        assert refused.returncode == 2 and "already holds results" in refused.stderr.decode()
+        changed = run_cli(*[a if a != "1024" else "2048" for a in args[3:]], "--resume")
+        assert changed.returncode == 2 and "window differ" in changed.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    shutil.copytree(FIXTURES / "data", root, dirs_exist_ok=True)
+    (root / "books").mkdir()
+    shutil.copy(EXAMPLE_PLAY, root / "books" / "macbeth.txt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory, data):
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    common = ["--model", "scripted", "--window", "600", "--max-cu-tokens", "40", "--out", run_dir, "--data-dir", data]
+    first = run_cli("eval", "--dataset", "niah", "--strategies", "coa,vanilla,rag", "--limit", "4",
+                    "--opt", "haystack=books", "--opt", "lengths=400,800", "--opt", "depths=0,1", *common)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("eval", "--dataset", "qmsum", "--strategies", "coa", *common)
+    assert second.returncode == 0, second.stderr
+    return run_dir
+
+
+def test_report_writes_tables_plots_and_json(report_run):
+    result = run_cli("report", report_run)
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.decode()
+    assert "### niah" in table and "### qmsum" in table and "| coa |" in table and "| rag |" in table
+    assert (report_run / "report.md").read_text() == table.rstrip("\n") + "\n" or (report_run / "report.md").exists()
+    for name in ("niah-length.png", "niah-heatmap-coa.png", "niah-heatmap-vanilla.png", "qmsum-length.png"):
+        assert (report_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figures = json.loads(run_cli("report", report_run, "--json").stdout)
+    niah = {f["strategy"]: f for f in figures if f["dataset"] == "niah"}
+    assert set(niah) == {"coa", "vanilla", "rag"}
+    for f in figures:
+        assert {"dataset", "strategy", "n", "errors", "score", "document_tokens", "calls", "prompt_tokens",
+                "completion_tokens", "seconds"} <= f.keys()
+    assert niah["coa"]["n"] == 4 and niah["coa"]["errors"] == 0 and niah["vanilla"]["calls"] == 1.0
+
+
+def test_errors_are_recorded_and_counted(tmp_path, data):
+    run_dir = tmp_path / "run"
+    # A window too small for CoA's worker prompt: every coa pair fails, vanilla still runs.
+    result = run_cli("eval", "--dataset", "leval:quality", "--strategies", "coa,vanilla", "--model", "scripted",
+                     "--window", "160", "--out", run_dir, "--data-dir", data)
+    assert result.returncode == 0, result.stderr
+    figures = {f["strategy"]: f for f in json.loads(run_cli("report", run_dir, "--json").stdout)}
+    assert figures["coa"]["errors"] == 2 and figures["coa"]["n"] == 0 and figures["coa"]["score"] is None
+    assert figures["vanilla"]["errors"] == 0 and figures["vanilla"]["n"] == 2
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium installed (Debian package chromium; .ci/run installs it)")
+def test_html_report_opens_in_a_browser_and_shows_a_workers_cu(report_run, tmp_path):
+    assert run_cli("report", report_run, "--html").returncode == 0
+    page = report_run / "report.html"
+    text = page.read_text()
+    assert "<img" in text and "data:image/png;base64," in text and "<table>" in text
+    pairs = json.loads(text.split('<script id="pairs" type="application/json">')[1].split("</script>")[0])
+    choice = next(i for i, p in enumerate(pairs) if p["dataset"] == "qmsum" and p["strategy"] == "coa")
+    worker_cu = next(c["cu"] for c in pairs[choice]["calls"] if c["role"] == "worker")
+    dom = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", f"{page.as_uri()}#pair={choice}"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    trace = dom.split('id="trace"')[1]
+    assert 'class="call worker"' in trace and "CU passed on" in trace
+    assert worker_cu and worker_cu in trace  # the script rendered the chosen pair's worker CU
