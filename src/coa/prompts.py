@@ -10,7 +10,7 @@ A prompts directory given by the user is searched before the package's own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -71,7 +71,7 @@ def _read(name: str, directory: Path | None) -> str | None:
     return _packaged(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _packaged(name: str) -> str | None:
     path = resources.files("coa").joinpath("prompts", *name.split("/"))
     return path.read_text(encoding="utf-8") if path.is_file() else None

@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ def run_config(evaluation: Evaluation) -> dict[str, Any]:
         "strategies": evaluation.strategies,
         "version": metadata.version("chainofagents"),
         "git": git_hash(),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -178,7 +178,9 @@ class OpenAIModel:
                 continue
             if response.status_code == 200:
                 self.token_counter = url.removeprefix(self._root)
-                return lru_cache(maxsize=4096)(lambda text: read(self._post_json(url, payload(text))))
+                return lru_cache(maxsize=4096)(
+                    lambda text, url=url, payload=payload, read=read: read(self._post_json(url, payload(text)))
+                )
         self.token_counter = "estimate"
         return lambda text: math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE)
 
