@@ -8,7 +8,7 @@ from rich.markup import escape
 from coa.strategies.base import Progress
 from coa.task import Call
 
-class ChainPrinter:
+class CallPrinter:
     """Observer that shows a spinner for the running call and a line for each finished one."""
 
     def __init__(self, console: Console, verbose: bool = False) -> None:
@@ -17,7 +17,7 @@ class ChainPrinter:
         self.status = console.status("starting", spinner="dots")
         self.calls: list[Call] = []  # every finished call, in order
 
-    def __enter__(self) -> ChainPrinter:
+    def __enter__(self) -> CallPrinter:
         self.status.start()
         return self
 

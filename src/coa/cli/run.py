@@ -12,7 +12,7 @@ from coa.cli import cli, model_options, stderr
 from coa.config import Config
 from coa.documents import read_document
 from coa.errors import CoaError, InputError
-from coa.progress import ChainPrinter
+from coa.progress import CallPrinter
 from coa.task import Kind, Result, Task
 
 
@@ -81,7 +81,7 @@ def _run(file: str, make_task, *, strategy, opts, model, base_url, api_key, wind
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir)
-    with ChainPrinter(stderr, verbose=verbose) as printer:
+    with CallPrinter(stderr, verbose=verbose) as printer:
         try:
             result = solver(backend, config, observer=printer, options=options).run(task)
         except (CoaError, KeyboardInterrupt) as e:
