@@ -56,6 +56,12 @@ def test_complete_code(tmp_path):
     assert json.loads(result.stdout)["kind"] == "code"
 
 
+def test_datasets_are_listed():
+    listing = run_cli("datasets").stdout.decode()
+    for name in ("niah", "hotpotqa", "qmsum", "leval", "code", "jsonl", "longbench"):
+        assert f"\n{name} " in "\n" + listing
+
+
 def test_models_lists_backends_and_the_embedded_file():
     result = run_cli("models")
     assert result.returncode == 0, result.stderr

@@ -32,3 +32,13 @@ def models() -> None:
     click.echo()
     for key, value in describe_embedded().items():
         click.echo(f"embedded {key}: {value}")
+
+
+@cli.command()
+def datasets() -> None:
+    """List the evaluation datasets (`coa eval --dataset NAME`)."""
+    from coa.eval.datasets import DATASETS, load_builtin
+
+    load_builtin()
+    for name, (_, description) in DATASETS.items():
+        click.echo(f"{name:<10} {description}")

@@ -65,6 +65,11 @@ def dataset(name: str, description: str):
     return register
 
 
+def load_builtin() -> None:
+    """Register the built-in datasets."""
+    from coa.eval.datasets import code, hotpotqa, jsonl, leval, niah, qmsum  # noqa: F401
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("COA_DATA_DIR", "../shared/data"))
 
@@ -72,8 +77,7 @@ def default_data_dir() -> Path:
 def load(name: str, *, data_dir: Path | None, options: dict[str, str], seed: int,
          count_tokens: Callable[[str], int], limit: int | None = None) -> list[Example]:
     """The examples of dataset `name` ("niah", "leval:quality", "jsonl:PATH", ...), at most `limit`."""
-    from coa.eval.datasets import code, hotpotqa, jsonl, leval, niah, qmsum  # noqa: F401  (register)
-
+    load_builtin()
     family, _, argument = name.partition(":")
     if family not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose from: {', '.join(sorted(DATASETS))}")
