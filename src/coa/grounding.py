@@ -1,15 +1,21 @@
-"""Evidence grounding: keep only the sentences of a worker's output that its sources contain.
+"""Evidence grounding: keep only the sentences of a worker's output that its sources support.
 
 Question-answering workers are asked to copy evidence word for word. Small models
 often write answer-shaped sentences that are in neither the chunk nor the previous
-CU instead; passed on, such a sentence crowds out the real evidence further down
-the chain. Grounding drops every sentence that no source supports.
+CU instead ("The magic number for X is 10."); passed on, such a sentence crowds out
+the real evidence further down the chain. They also restate a real fact in the
+question's words ("The magic number for X mentioned in the text is 9591300."), which
+must survive. A sentence is kept when a source contains it nearly verbatim, or when
+one source sentence holds every word it adds beyond the question together with a word
+of the question: the restatement then rests on a sentence that is about the question.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+from bm25s.stopwords import STOPWORDS_EN_PLUS
 from rapidfuzz import fuzz
 
 from coa.chunking import sentences
@@ -17,17 +23,29 @@ from coa.chunking import sentences
 # partial_ratio of a sentence against its best-matching stretch of a source, 0-100:
 # a copy with changed punctuation or line breaks scores above this, a paraphrase below.
 MIN_SIMILARITY = 85
+# A shorter "sentence" ("2.", "Paris.") matches some stretch of any long text, so it must
+# pass the second test instead.
+MIN_COPY_WORDS = 3
+STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
 
 
-def grounded(output: str, sources: Sequence[str]) -> str:
-    """The sentences of `output` found (nearly verbatim) in one of `sources`, one per line."""
+def grounded(output: str, sources: Sequence[str], query: str = "") -> str:
+    """The sentences of `output` that `sources` support, one per line."""
     texts = [_normal(source) for source in sources if source.strip()]
+    asked = content_words(query)
+    about_query = [words for source in sources for s in sentences(source) if (words := content_words(s)) & asked]
     kept = []
     for sentence in sentences(output):
         text = _normal(sentence)
-        if text and any(fuzz.partial_ratio(text, source) >= MIN_SIMILARITY for source in texts):
+        added = content_words(text) - asked  # what the sentence says beyond the question
+        copied = len(text.split()) >= MIN_COPY_WORDS and any(fuzz.partial_ratio(text, source) >= MIN_SIMILARITY for source in texts)
+        if copied or (added and any(added <= words for words in about_query)):
             kept.append(sentence.strip())
     return "\n".join(kept)
+
+
+def content_words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower())) - STOPWORDS
 
 
 def _normal(text: str) -> str:

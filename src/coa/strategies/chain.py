@@ -27,7 +27,7 @@ class ChainOptions:
     order: Order = "ltr"  # left to right, right to left, or a seeded random permutation
     manager: bool = True  # False: the last worker's CU is the answer (the paper's ablation)
     guard: bool = True  # a refusal-only worker output does not replace the CU (chain collapse)
-    grounding: bool | None = None  # keep only CU sentences the sources contain; None: on for QA kinds
+    grounding: bool | None = None  # keep only CU sentences the sources support; None: on for QA kinds
 
 
 @dataclass
@@ -97,7 +97,7 @@ async def run_chain(
     """Workers over the chunks in the chosen order; `seed` orders a permutation and seeds sampling."""
     limit = cu_limit(session)
     chain = Chain(budget=chunk_budget(session, task))
-    grounding = grounding_for(options, task)
+    asked = " ".join([query_text(task), *task.choices]) if grounding_for(options, task) else None  # grounding's question
     lines = task.kind is Kind.CODE
     queue = deque(ordered(session.chunks(task, chain.budget), options.order, seed or 0))
     done = 0
@@ -121,18 +121,18 @@ async def run_chain(
                 raise
             queue.appendleft(chunk)
             continue
-        chain.cu, call.note = next_cu(call.output.strip(), previous, chunk.text, guard=options.guard, grounding=grounding)
+        chain.cu, call.note = next_cu(call.output.strip(), previous, chunk.text, asked, guard=options.guard)
         call.cu = chain.cu
         done += 1
     return chain
 
 
-def next_cu(output: str, previous: str, chunk: str, *, guard: bool, grounding: bool) -> tuple[str, str | None]:
-    """The CU a worker passes on, and a note when a guard changed it."""
+def next_cu(output: str, previous: str, chunk: str, asked: str | None, *, guard: bool) -> tuple[str, str | None]:
+    """The CU a worker passes on, and a note when a guard changed it; `asked`: the question to ground against, or None."""
     if guard and is_refusal(output):
         return previous, "collapse guard: refusal kept out of the CU"
-    if grounding:
-        kept = grounded(output, [chunk, previous])
+    if asked is not None:
+        kept = grounded(output, [chunk, previous], asked)
         if not kept:
             return previous, "grounding: no sentence found in the sources, previous CU kept"
         if kept != output:
