@@ -82,6 +82,23 @@ def test_a_killed_run_resumes_without_losing_or_repeating_pairs(tmp_path, questi
         assert changed.returncode == 2 and "window differ" in changed.stderr.decode()
 
 
+def test_rerun_runs_one_strategy_again_and_keeps_the_others(tmp_path, questions):
+    run_dir = tmp_path / "run"
+    args = ["eval", "--dataset", f"jsonl:{questions}", "--strategies", "vanilla,rag", "--model", "scripted",
+            "--window", "1024", "--limit", "3", "--out", run_dir]
+    assert run_cli(*args).returncode == 0
+    before = stored(run_dir)
+    time.sleep(0.01)
+    again = run_cli(*args, "--rerun", "rag")
+    assert again.returncode == 0, again.stderr
+    after = stored(run_dir)
+    assert after.keys() == before.keys()
+    assert all((after[pair] == stamp) == (pair[1] == "vanilla") for pair, stamp in before.items())
+    unknown = run_cli(*args, "--rerun", "coa")
+    assert unknown.returncode == 2 and "--rerun names coa" in unknown.stderr.decode()
+    assert stored(run_dir) == after  # a refused rerun drops nothing
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")

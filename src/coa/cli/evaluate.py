@@ -20,12 +20,15 @@ from coa.cli import cli, model_options, stderr
 @click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue a run in --out: finished pairs are skipped.")
 @click.option("--retry-errors", is_flag=True, help="With --resume, run failed pairs again.")
+@click.option("--rerun", default="", metavar="STRATEGIES",
+              help="Comma-separated strategies of --strategies whose stored pairs are dropped and run again, "
+                   "e.g. after changing them (implies --resume).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dataset generators and sampling.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="COA_DATA_DIR",
               help="Where the datasets live [env: COA_DATA_DIR; default: ../shared/data].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
 def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_tokens, temperature, limit, concurrency,
-             out, resume, retry_errors, seed, data_dir, opts) -> None:
+             out, resume, retry_errors, rerun, seed, data_dir, opts) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
     from coa.eval.report import markdown
     from coa.eval.runner import Evaluation, evaluate as run
@@ -35,7 +38,8 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
     evaluation = Evaluation(
         dataset=dataset, strategies=[s for s in strategies.split(",") if s.strip()], model=model, window=window,
         max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, limit=limit, concurrency=concurrency,
-        out=out, resume=resume, retry_errors=retry_errors, data_dir=data_dir, options=parse_pairs(opts),
+        out=out, resume=resume or bool(rerun), retry_errors=retry_errors, rerun=[s for s in rerun.split(",") if s.strip()],
+        data_dir=data_dir, options=parse_pairs(opts),
         base_url=base_url, api_key=api_key,
     )
     store = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key), console=stderr)

@@ -57,6 +57,7 @@ class Evaluation:
     out: Path = Path("runs/latest")
     resume: bool = False
     retry_errors: bool = False
+    rerun: list[str] = field(default_factory=list)  # strategies whose stored pairs are dropped first
     data_dir: Path | None = None
     options: dict[str, str] = field(default_factory=dict)  # the dataset's options
     base_url: str | None = None
@@ -94,6 +95,9 @@ def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = 
     specs = [StrategySpec.parse(s) for s in evaluation.strategies]
     if not specs:
         raise ConfigError("give at least one strategy")
+    rerun = {s.strip() for s in evaluation.rerun}
+    if unknown := rerun - {s.label for s in specs}:
+        raise ConfigError(f"--rerun names {', '.join(sorted(unknown))}, which --strategies does not")
     store = Store(evaluation.out)
     config = run_config(evaluation)
     previous = store.config(evaluation.dataset)
@@ -105,7 +109,9 @@ def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = 
             raise ConfigError(f"cannot resume {evaluation.out}: {', '.join(changed)} differ from the stored run")
         config["strategies"] = list(dict.fromkeys(previous["strategies"] + config["strategies"]))
         config["started"] = previous["started"]
+        config["git"] = ", ".join(dict.fromkeys(h for h in [*(previous.get("git") or "").split(", "), config["git"]] if h))
     store.set_config(evaluation.dataset, config)
+    store.forget(evaluation.dataset, rerun)
     examples = load(evaluation.dataset, data_dir=evaluation.data_dir, options=evaluation.options,
                     seed=evaluation.seed, count_tokens=model.count_tokens, limit=evaluation.limit)
     done = store.finished(evaluation.dataset, errors=not evaluation.retry_errors)

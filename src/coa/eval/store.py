@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,10 @@ class Store:
         """(example, strategy) pairs already stored; without `errors`, only the successful ones."""
         query = "SELECT example, strategy FROM results WHERE dataset = ?" + ("" if errors else " AND error IS NULL")
         return set(self.db.execute(query, (dataset,)))
+
+    def forget(self, dataset: str, strategies: Iterable[str]) -> None:
+        """Drop the stored pairs of these strategies, so that they run again."""
+        self.db.executemany("DELETE FROM results WHERE dataset = ? AND strategy = ?", [(dataset, s) for s in strategies])
 
     def save(self, row: dict[str, Any]) -> None:
         values = [json.dumps(row[c], ensure_ascii=False) if c in ("refs", "meta", "trace") and row[c] is not None else row[c]
