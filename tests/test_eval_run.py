@@ -97,6 +97,9 @@ def test_rerun_runs_one_strategy_again_and_keeps_the_others(tmp_path, questions)
     unknown = run_cli(*args, "--rerun", "coa")
     assert unknown.returncode == 2 and "--rerun names coa" in unknown.stderr.decode()
     assert stored(run_dir) == after  # a refused rerun drops nothing
+    questions.unlink()
+    missing = run_cli(*args, "--rerun", "rag")
+    assert missing.returncode == 2 and stored(run_dir) == after  # nor does one whose data cannot be read
 
 
 @pytest.fixture(scope="module")

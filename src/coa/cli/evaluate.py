@@ -36,14 +36,18 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
     from coa.strategies.base import parse_pairs
 
     evaluation = Evaluation(
-        dataset=dataset, strategies=[s for s in strategies.split(",") if s.strip()], model=model, window=window,
+        dataset=dataset, strategies=comma_list(strategies), model=model, window=window,
         max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, limit=limit, concurrency=concurrency,
-        out=out, resume=resume or bool(rerun), retry_errors=retry_errors, rerun=[s for s in rerun.split(",") if s.strip()],
+        out=out, resume=resume, retry_errors=retry_errors, rerun=comma_list(rerun),
         data_dir=data_dir, options=parse_pairs(opts),
         base_url=base_url, api_key=api_key,
     )
     store = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key), console=stderr)
     click.echo(markdown(store))
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 @cli.command()

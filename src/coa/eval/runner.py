@@ -57,7 +57,7 @@ class Evaluation:
     out: Path = Path("runs/latest")
     resume: bool = False
     retry_errors: bool = False
-    rerun: list[str] = field(default_factory=list)  # strategies whose stored pairs are dropped first
+    rerun: list[str] = field(default_factory=list)  # strategies whose stored pairs are dropped first (implies resume)
     data_dir: Path | None = None
     options: dict[str, str] = field(default_factory=dict)  # the dataset's options
     base_url: str | None = None
@@ -102,7 +102,7 @@ def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = 
     config = run_config(evaluation)
     previous = store.config(evaluation.dataset)
     if previous is not None:
-        if not evaluation.resume:
+        if not (evaluation.resume or rerun):
             raise ConfigError(f"{evaluation.out} already holds results for {evaluation.dataset}; use --resume or another --out")
         changed = [k for k in FIXED if previous.get(k) != config[k]]
         if changed:
@@ -111,9 +111,9 @@ def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = 
         config["started"] = previous["started"]
         config["git"] = ", ".join(dict.fromkeys(h for h in [*(previous.get("git") or "").split(", "), config["git"]] if h))
     store.set_config(evaluation.dataset, config)
-    store.forget(evaluation.dataset, rerun)
     examples = load(evaluation.dataset, data_dir=evaluation.data_dir, options=evaluation.options,
                     seed=evaluation.seed, count_tokens=model.count_tokens, limit=evaluation.limit)
+    store.forget(evaluation.dataset, rerun)  # only once the data loaded: a bad --data-dir drops nothing
     done = store.finished(evaluation.dataset, errors=not evaluation.retry_errors)
     pending = [(i, e, s) for i, e in enumerate(examples) for s in specs if (e.id, s.label) not in done]
     run_settings = Config(window=evaluation.window, max_cu_tokens=evaluation.max_cu_tokens,
