@@ -1,26 +1,36 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# The first install compiles llama-cpp-python from source (several minutes); pip caches the wheel.
+# llama-cpp-python is compiled portably first (several minutes, once per machine: the wheel is
+# cached under ~/.cache/chainofagents/wheels by its flags); CMAKE_ARGS, if set, replaces the flags.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install dev clean
+.PHONY: demo test install dev embedded clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.embedded: src/coa/models/llamabuild.py | $(BIN)/python
+	$(BIN)/python src/coa/models/llamabuild.py
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.embedded
 	$(BIN)/python -m pip install -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
+$(VENV)/.dev: pyproject.toml $(VENV)/.embedded
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 
 dev: $(VENV)/.dev
+
+# Reinstall llama-cpp-python from the cached wheel for the current flags (building it if needed).
+embedded: | $(BIN)/python
+	$(BIN)/python src/coa/models/llamabuild.py
+	touch $(VENV)/.embedded
 
 demo: $(VENV)/.installed
 	$(BIN)/coa ask examples/macbeth-act1.txt "What new title does King Duncan give to Macbeth?" --window 2048 --verbose

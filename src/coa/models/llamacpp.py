@@ -145,6 +145,9 @@ class LlamaCppModel:
 
     @cached_property
     def _llm(self):
+        from coa.models.probe import check_runs
+
+        check_runs(self.path)  # a build that crashes on this CPU fails here, in a child, with a clear line
         threads = os.cpu_count() or 1
         llm = _load(self.path, n_ctx=self._requested_window, n_threads=threads, n_threads_batch=threads)
         trained = trained_window(llm)
