@@ -14,18 +14,36 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 # Sentences that only say the text does not help. Workers write these when their
 # chunk is irrelevant; passed on as a CU they erase the evidence found so far
-# (the paper's "chain collapse", appendix F.4).
+# (the paper's "chain collapse", appendix F.4). A negation about the story ("Macbeth
+# does not mention the murder to his wife.", "There is no evidence of the murder, says
+# Macbeth.") is evidence, not a refusal: each form below must be about the text, the
+# writer's own knowledge, or stand alone.
+_TEXT = r"""(?:text|passage|document|context|chunk|excerpt|section|part|source|article|story|summary|
+    transcript|paragraph|material|content|information|input)"""
+_TEXT_REF = rf"""(?:\b(?:in|from|within|by|on)\s+(?:the\s+|this\s+|that\s+|any\s+|given\s+|provided\s+|current\s+|
+    previous\s+)*(?:{_TEXT}|it|this)\b|\bhere\b|\banywhere\b)"""
+_META = r"(?:information|mention|details?|data|reference|answer|indication|context|clues?|facts?)"
 _REFUSAL = re.compile(
-    r"""
-    \b(?:not|never|nowhere)\s+(?:\w+\s+){0,3}?(?:mentioned|stated|specified|provided|given|found|available|
-        discussed|addressed|included|present|described|known|clear|answered|determined|explained|indicated)\b
-    | \bno\s+(?:\w+\s+){0,2}?(?:information|mention|evidence|details?|reference|answer|relevant|data|context|indication)\b
-    | \b(?:does|do|did|can|could)\s*(?:not|n't)\s+(?:\w+\s+){0,2}?(?:mention|contain|provide|say|specify|include|
-        state|answer|know|determine|find|tell|address|discuss|give)\b
-    | \b(?:cannot|can't|unable\s+to)\s+(?:\w+\s+){0,2}?(?:determine|answer|find|tell|say|know|identify|be\s+determined)\b
-    | \bi\s+(?:do\s+not|don't)\s+know\b
-    | \bnothing\s+(?:\w+\s+){0,2}?(?:relevant|about|related|mentioned|useful)\b
-    | ^\W*(?:none|unknown|n/a|irrelevant|not\s+relevant)\W*$
+    rf"""
+    # the text, or "it", does not say
+      (?:\b{_TEXT}\s+(?:\w+\s+){{0,2}}?|\b(?:it|this|that)\s+)(?:does|do|did|can|could|will)\s*(?:not|n't)\s+(?:\w+\s+){{0,2}}?
+        (?:mention|contain|provide|say|specify|include|state|answer|tell|address|discuss|give|offer|reveal|cover|
+        describe|explain|indicate|have)\b
+    # "no information/details/mention ..." (meta nouns), or any "no ..." said of the text
+    | \bno\s+(?:\w+\s+){{0,2}}?{_META}\b
+    | \bno\s+(?:\w+\s+){{0,3}}?(?:evidence|relevant|mention)\b.*{_TEXT_REF}
+    # "... is not mentioned", at the end of the sentence or said of the text
+    | \bnot\s+(?:\w+\s+){{0,2}}?(?:mentioned|stated|specified|provided|given|discussed|addressed|described|
+        indicated|explained|answered|included)(?:\W*$|\s+(?:\w+\s+){{0,3}}?{_TEXT_REF})
+    | \bnot\s+(?:\w+\s+){{0,2}}?(?:found|known|clear|available|present|determined)\s+(?:\w+\s+){{0,3}}?{_TEXT_REF}
+    | \b(?:cannot|can't|can\s+not)\s+be\s+(?:determined|answered|found|known|identified|inferred)\b
+    # the writer does not know
+    | \bi\s+(?:do\s+not|don't|cannot|can't|am\s+unable\s+to|am\s+not\s+able\s+to)\s+(?:\w+\s+){{0,2}}?
+        (?:know|determine|answer|find|tell|say|identify)\b
+    | \bunable\s+to\s+(?:\w+\s+){{0,2}}?(?:determine|answer|find|tell|identify)\b
+    | \bnothing\s+(?:\w+\s+){{0,2}}?(?:relevant|useful|related|mentioned|about)\b
+    # a sentence of one verdict word
+    | ^\W*(?:none|unknown|n/?a|irrelevant|not\s+relevant|nothing|no\s+answer)\W*$
     """,
     re.IGNORECASE | re.VERBOSE,
 )
