@@ -64,3 +64,26 @@ def test_budget_must_be_positive():
 def test_sentences_keep_their_whitespace():
     text = "First one. Second one!  Third?"
     assert sentences(text) == ["First one. ", "Second one!  ", "Third?"]
+
+
+def test_sentences_are_split_in_bounded_blocks_that_tile_the_text(monkeypatch):
+    from coa import chunking
+
+    seen = []
+    splitter = chunking._sentence_splitter()
+    real = splitter.span_tokenize
+
+    class Recording:
+        def span_tokenize(self, text):
+            seen.append(len(text))
+            return real(text)
+
+    monkeypatch.setattr(chunking, "_sentence_splitter", lambda: Recording())
+    paragraph = "The king rode north. His men followed him at dawn.\n\n"
+    one_line = "word " * 9000 + "end.\n\n"  # no paragraph or line break for 45,000 characters
+    text = paragraph * 1000 + one_line + paragraph * 10
+    parts = chunking.sentences(text)
+    assert "".join(parts) == text
+    assert max(seen) <= chunking.BLOCK_CHARS and len(seen) > 3
+    assert parts[0] == "The king rode north. " and parts[1] == "His men followed him at dawn.\n\n"
+    assert sum(p == "The king rode north. " for p in parts) == 1010  # no sentence lost at a block edge

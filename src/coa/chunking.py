@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 
 Counter = Callable[[str], int]
+BLOCK_CHARS = 20_000  # the longest text given to the sentence splitter at once
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,35 @@ def _units(text: str, lines: bool) -> Iterator[tuple[int, int]]:
         for line in text.splitlines(keepends=True)[:-1]:
             starts.append(starts[-1] + len(line))
     else:
-        starts = [0] + [s for s, _ in _sentence_splitter().span_tokenize(text) if s > 0]
+        splitter = _sentence_splitter()
+        found = {a + s for a, b in _blocks(text) for s, _ in splitter.span_tokenize(text[a:b])}
+        starts = [0] + sorted(s for s in found if s > 0)
     for a, b in zip(starts, starts[1:] + [len(text)]):
         if b > a:
             yield a, b
+
+
+def _blocks(text: str) -> Iterator[tuple[int, int]]:
+    """Spans that tile the text, each at most BLOCK_CHARS long, ending at a paragraph break
+    where there is one, else at a line break, else after a space.
+
+    Punkt runs on one block at a time: its regular expressions run under a wall-clock
+    limit (NLTK's guard against pathological input), which a whole book can exceed on a
+    busy machine; on blocks the work is linear in the text and each call short.
+    """
+    start = 0
+    while len(text) - start > BLOCK_CHARS:
+        limit = start + BLOCK_CHARS
+        for separator in ("\n\n", "\n", " "):
+            cut = text.rfind(separator, start, limit)
+            if cut > start:
+                cut += len(separator)
+                break
+        else:
+            cut = limit
+        yield start, cut
+        start = cut
+    yield start, len(text)
 
 
 @cache
