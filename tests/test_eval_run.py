@@ -144,7 +144,7 @@ def test_errors_are_recorded_and_counted(tmp_path, data):
     run_dir = tmp_path / "run"
     # A window too small for CoA's worker prompt: every coa pair fails, vanilla still runs.
     result = run_cli("eval", "--dataset", "leval:quality", "--strategies", "coa,vanilla", "--model", "scripted",
-                     "--window", "160", "--out", run_dir, "--data-dir", data)
+                     "--window", "200", "--out", run_dir, "--data-dir", data)
     assert result.returncode == 0, result.stderr
     figures = {f["strategy"]: f for f in json.loads(run_cli("report", run_dir, "--json").stdout)}
     assert figures["coa"]["errors"] == 2 and figures["coa"]["n"] == 0 and figures["coa"]["score"] is None
@@ -173,3 +173,20 @@ def test_html_report_opens_in_a_browser_and_shows_a_workers_cu(report_run, tmp_p
     trace = dom.split('id="trace"')[1]
     assert 'class="call worker"' in trace and "CU passed on" in trace
     assert worker_cu and worker_cu in trace  # the script rendered the chosen pair's worker CU
+
+
+def test_a_scoring_failure_is_the_pairs_error_and_keeps_its_answer():
+    import asyncio
+
+    from coa.config import Config
+    from coa.eval.datasets import Example
+    from coa.eval.runner import StrategySpec, run_pair
+    from coa.models.scripted import ScriptedModel
+    from coa.task import Task
+
+    example = Example("e1", Task("Some text about a box. " * 20, "Where?"), ["box"], metric="no-such-metric")
+    row = asyncio.run(run_pair("mine", 0, example, StrategySpec.parse("vanilla"), ScriptedModel(["in the box"]),
+                               Config(window=1024)))
+    assert row["error"].startswith("scoring failed: KeyError") and "no-such-metric" in row["error"]
+    assert row["score"] is None and row["prediction"] == "in the box"
+    assert row["calls"] == 1 and row["trace"]["answer"] == "in the box"  # the work is kept for the report

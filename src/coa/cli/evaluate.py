@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from coa.cli import cli, model_options, stderr
+from coa.cli.run import Interrupts, check_temperature, exit_with
+from coa.errors import CoaError, InputError
 
 
 @cli.command("eval")
@@ -35,6 +40,7 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
     from coa.models.registry import load_model
     from coa.strategies.base import parse_pairs
 
+    check_temperature(temperature)
     evaluation = Evaluation(
         dataset=dataset, strategies=comma_list(strategies), model=model, window=window,
         max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, limit=limit, concurrency=concurrency,
@@ -42,8 +48,37 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
         data_dir=data_dir, options=parse_pairs(opts),
         base_url=base_url, api_key=api_key,
     )
-    store = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key), console=stderr)
-    click.echo(markdown(store))
+    with Interrupts() as interrupts, store_errors(out):
+        try:
+            outcome = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key), console=stderr)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM; finished pairs are committed one by one: say how to go on
+            exit_with(f"{interrupts.what}; {left_in(out, dataset)}", interrupts.exit_code)
+        click.echo(markdown(outcome.store))
+    if outcome.all_failed:  # a run that produced no result is not a success, though its errors are kept
+        exit_with(f"all {outcome.ran} pairs failed; first error: {outcome.errors[0]}", 1)
+
+
+def left_in(out: Path, dataset: str) -> str:
+    """What an interrupted run left in `out`, and how to go on."""
+    from coa.eval.store import Store
+
+    try:
+        store = Store(out, read_only=True)
+        if store.config(dataset) is not None:
+            return (f"the {len(store.finished(dataset))} finished pairs are kept in {store.path}; "
+                    "run the same command with --resume to go on")
+    except (CoaError, sqlite3.Error):
+        pass
+    return "no results were stored"
+
+
+@contextmanager
+def store_errors(out: Path) -> Iterator[None]:
+    """A results file that breaks while it is read or written (corrupt, locked) as one line."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"{out / 'results.sqlite'}: {e}") from None
 
 
 def comma_list(text: str) -> list[str]:
@@ -55,22 +90,29 @@ def comma_list(text: str) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as a JSON list instead of tables.")
 @click.option("--html", "as_html", is_flag=True, help="Also write RUN_DIR/report.html with plots and a trace browser.")
 def report(run_dir: Path, as_json: bool, as_html: bool) -> None:
-    """Tables (and RUN_DIR/report.md), plots (PNG) and optionally an HTML page for a run."""
-    from coa.errors import InputError
+    """Tables (and RUN_DIR/report.md), plots (PNG) and optionally an HTML page for a run.
+
+    The store is only read, so a run directory that cannot be written still gets its tables
+    on stdout; the files that could not be written are then one error line (exit code 2)."""
     from coa.eval.report import html_page, markdown, plots, summary
     from coa.eval.store import Store
 
-    if not (run_dir / Store.FILE).is_file():
-        raise InputError(f"{run_dir}: no {Store.FILE} here (is it the --out of a coa eval?)")
-    store = Store(run_dir)
-    text = markdown(store)
-    (run_dir / "report.md").write_text(text, encoding="utf-8")
-    images = plots(store, run_dir)
-    if as_html:
-        (run_dir / "report.html").write_text(html_page(store, images), encoding="utf-8")
-    if as_json:
-        click.echo(json.dumps(summary(store), indent=2))
-    else:
-        click.echo(text)
-        written = [p.name for p in images] + (["report.html"] if as_html else [])
-        stderr.print(f"wrote report.md{', ' + ', '.join(written) if written else ''} in {run_dir}")
+    with store_errors(run_dir):
+        store = Store(run_dir, read_only=True)
+        text = markdown(store)
+        figures = summary(store) if as_json else None
+        unwritable: OSError | None = None
+        try:
+            (run_dir / "report.md").write_text(text, encoding="utf-8")
+            images = plots(store, run_dir)
+            if as_html:
+                (run_dir / "report.html").write_text(html_page(store, images), encoding="utf-8")
+        except OSError as e:
+            unwritable = e
+    click.echo(json.dumps(figures, indent=2) if as_json else text)
+    if unwritable is not None:
+        raise InputError(f"cannot write the report files in {run_dir} ({unwritable.strerror}); "
+                         f"the {'figures' if as_json else 'tables'} are on stdout only")
+    if not as_json:
+        written = ["report.md", *(p.name for p in images)] + (["report.html"] if as_html else [])
+        stderr.print(f"wrote {', '.join(written)} in {run_dir}")

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,9 +17,9 @@ import click
 from coa.cli import cli, model_options, stderr
 from coa.config import Config
 from coa.documents import read_document
-from coa.errors import CoaError, InputError
+from coa.errors import CoaError, ConfigError, InputError
 from coa.progress import CallPrinter
-from coa.task import Kind, Result, Task
+from coa.task import Call, Kind, Result, Task
 
 
 def run_options(command):
@@ -62,14 +68,24 @@ def complete(file: str, **options) -> None:
     _run(file, lambda text: Task(text, None, Kind.CODE, requirement=options["requirement"]), **options)
 
 
-def _run(file: str, make_task, *, strategy, opts, model, base_url, api_key, window, max_cu_tokens, requirement,
-         temperature, seed, concurrency, prompts_dir, as_json, trace, verbose) -> None:
+def _run(file: str, make_task, **settings) -> None:
+    with Interrupts() as interrupts:
+        try:
+            _solve(file, make_task, interrupts, **settings)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
+            exit_with(str(e) or interrupts.what, interrupts.exit_code)
+
+
+def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, window,
+           max_cu_tokens, requirement, temperature, seed, concurrency, prompts_dir, as_json, trace, verbose) -> None:
     from coa.models.registry import load_model
+    from coa.prompts import task_format
     from coa.strategies import get_strategy
     from coa.strategies.base import parse_options, parse_pairs
 
-    if trace is not None and not trace.parent.is_dir():
-        raise InputError(f"--trace {trace}: directory {trace.parent} does not exist")
+    check_temperature(temperature)
+    if trace is not None:
+        check_writable(trace, "--trace")
     if prompts_dir is not None and not prompts_dir.is_dir():
         raise InputError(f"--prompts-dir {prompts_dir}: no such directory")
     solver = get_strategy(strategy)
@@ -78,6 +94,7 @@ def _run(file: str, make_task, *, strategy, opts, model, base_url, api_key, wind
     for warning in document.warnings:
         stderr.print(f"warning: {warning}")
     task = make_task(document.text)
+    task_format(task.kind, prompts_dir)  # a broken tasks.yaml override fails before the model loads
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir)
@@ -85,15 +102,89 @@ def _run(file: str, make_task, *, strategy, opts, model, base_url, api_key, wind
         try:
             result = solver(backend, config, observer=printer, options=options).run(task)
         except (CoaError, KeyboardInterrupt) as e:
-            if trace is not None and printer.calls:  # keep the work done before the failure
-                partial = {"error": str(e) or type(e).__name__, "calls": [asdict(c) for c in printer.calls]}
-                trace.write_text(json.dumps(partial, indent=2, ensure_ascii=False), encoding="utf-8")
-                raise type(e)(f"{e} (the {len(printer.calls)} calls made are in {trace})") from None
+            # Keep the work done before the failure: in --trace, or for an interrupt, in a file of its own.
+            if printer.calls and (trace is not None or isinstance(e, KeyboardInterrupt)):
+                message = str(e) or interrupts.what
+                saved = save_partial(printer.calls, message, trace)
+                raise type(e)(f"{message}; the {len(printer.calls)} calls made are in {saved}") from None
             raise
     result.warnings.extend(document.warnings)
     _print(result, as_json)
     if trace is not None:
-        trace.write_text(result.to_json(), encoding="utf-8")
+        try:
+            trace.write_text(result.to_json(), encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"--trace {trace}: cannot write ({e.strerror})") from None
+
+
+def check_temperature(temperature: float) -> None:
+    # click's FloatRange lets nan through (no comparison with nan is false) and inf is in range.
+    if not math.isfinite(temperature):
+        raise ConfigError(f"--temperature must be a finite number of 0 or more, not {temperature}")
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail now rather than after the run when `path` cannot be written; leaves no new file behind."""
+    if not path.parent.is_dir():
+        raise InputError(f"{option} {path}: directory {path.parent} does not exist")
+    existed = path.exists()
+    try:
+        with path.open("a", encoding="utf-8"):  # append: an existing file keeps its content until the run ends
+            pass
+    except OSError as e:
+        raise InputError(f"{option} {path}: cannot write ({e.strerror})") from None
+    if not existed:
+        path.unlink()
+
+
+def save_partial(calls: list[Call], error: str, trace: Path | None) -> Path:
+    """Write the calls made so far to `trace`, or where no --trace was given, to
+    coa-partial-TIME-PID.json in the temporary directory (not the current one, which may be a
+    repository that a stray file would clutter; the error line says where it went)."""
+    data = json.dumps({"error": error, "calls": [asdict(c) for c in calls]}, indent=2, ensure_ascii=False)
+    path = trace or Path(tempfile.gettempdir()) / f"coa-partial-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+    try:
+        path.write_text(data, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{error}; the {len(calls)} calls made could not be saved in {path} ({e.strerror})") from None
+    return path
+
+
+class Interrupts:
+    """While in use, SIGTERM is handled as Ctrl-C is, by whatever handles SIGINT at that moment
+    (inside `asyncio.run`, its runner cancels the main task and raises KeyboardInterrupt once the
+    tasks have unwound), and `signal` records which of the two came."""
+
+    def __init__(self) -> None:
+        self.signal = signal.SIGINT
+
+    def __enter__(self) -> Interrupts:
+        self._previous = signal.signal(signal.SIGTERM, self._terminate)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _terminate(self, signum: int, frame) -> None:
+        self.signal = signal.SIGTERM
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored or left to the system: stop all the same
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    @property
+    def what(self) -> str:
+        return "terminated (SIGTERM)" if self.signal == signal.SIGTERM else "interrupted"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal  # the shell's convention for a process ended by a signal
+
+
+def exit_with(message: str, code: int) -> None:
+    """The CLI's one error line, with an exit code other than 2."""
+    stderr.print(f"error: {' '.join(message.split())}", markup=False, soft_wrap=True)
+    sys.exit(code)
 
 
 def _print(result: Result, as_json: bool) -> None:

@@ -90,79 +90,101 @@ def git_hash() -> str | None:
         return None
 
 
-def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = None) -> Store:
-    """Run every pending pair; returns the store holding all of the run's results."""
+@dataclass
+class Outcome:
+    """What one `evaluate` call did: the store with every result of the run, and the pairs it ran."""
+
+    store: Store
+    ran: int = 0
+    errors: list[str] = field(default_factory=list)  # of the pairs it ran, in the dataset's order
+
+    @property
+    def all_failed(self) -> bool:
+        return self.ran > 0 and len(self.errors) == self.ran
+
+
+def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = None) -> Outcome:
+    """Run every pending pair. Settings are stored once the dataset has loaded, so a command
+    that fails before then leaves nothing that the corrected command would trip over."""
     specs = [StrategySpec.parse(s) for s in evaluation.strategies]
     if not specs:
         raise ConfigError("give at least one strategy")
     rerun = {s.strip() for s in evaluation.rerun}
     if unknown := rerun - {s.label for s in specs}:
         raise ConfigError(f"--rerun names {', '.join(sorted(unknown))}, which --strategies does not")
+    resuming = evaluation.resume or bool(rerun)
+    flag = "--resume" if evaluation.resume else "--rerun"
+    if resuming and not (evaluation.out / Store.FILE).is_file():
+        raise ConfigError(f"{flag}: {evaluation.out} holds no run to resume (leave out {flag} to start one)")
     store = Store(evaluation.out)
     config = run_config(evaluation)
     previous = store.config(evaluation.dataset)
-    if previous is not None:
-        if not (evaluation.resume or rerun):
-            raise ConfigError(f"{evaluation.out} already holds results for {evaluation.dataset}; use --resume or another --out")
+    if previous is not None and not resuming and store.finished(evaluation.dataset):
+        raise ConfigError(f"{evaluation.out} already holds results for {evaluation.dataset}; use --resume or another --out")
+    if previous is None and resuming:
+        raise ConfigError(f"{flag}: {evaluation.out} holds no run of {evaluation.dataset} to resume "
+                          f"(leave out {flag} to start one)")
+    if previous is not None and resuming:
         changed = [k for k in FIXED if previous.get(k) != config[k]]
         if changed:
             raise ConfigError(f"cannot resume {evaluation.out}: {', '.join(changed)} differ from the stored run")
         config["strategies"] = list(dict.fromkeys(previous["strategies"] + config["strategies"]))
         config["started"] = previous["started"]
         config["git"] = ", ".join(dict.fromkeys(h for h in [*(previous.get("git") or "").split(", "), config["git"]] if h))
-    store.set_config(evaluation.dataset, config)
     examples = load(evaluation.dataset, data_dir=evaluation.data_dir, options=evaluation.options,
                     seed=evaluation.seed, count_tokens=model.count_tokens, limit=evaluation.limit)
-    store.forget(evaluation.dataset, rerun)  # only once the data loaded: a bad --data-dir drops nothing
+    store.set_config(evaluation.dataset, config)  # only once the data loaded
+    store.forget(evaluation.dataset, rerun)  # likewise: a bad --data-dir drops nothing
     done = store.finished(evaluation.dataset, errors=not evaluation.retry_errors)
     pending = [(i, e, s) for i, e in enumerate(examples) for s in specs if (e.id, s.label) not in done]
     run_settings = Config(window=evaluation.window, max_cu_tokens=evaluation.max_cu_tokens,
                           temperature=evaluation.temperature, seed=evaluation.seed)
-    asyncio.run(_run(pending, evaluation, model, run_settings, store, console or Console(stderr=True)))
-    return store
+    rows = asyncio.run(_run(pending, evaluation, model, run_settings, store, console or Console(stderr=True)))
+    return Outcome(store, len(rows), [r["error"] for r in rows if r["error"] is not None])
 
 
-async def _run(pending, evaluation: Evaluation, model: Model, config: Config, store: Store, console: Console) -> None:
+async def _run(pending, evaluation: Evaluation, model: Model, config: Config, store: Store,
+               console: Console) -> list[dict]:
     slots = asyncio.Semaphore(max(1, evaluation.concurrency))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(f"{evaluation.dataset}", total=len(pending))
 
-        async def one(position: int, example: Example, spec: StrategySpec) -> None:
+        async def one(position: int, example: Example, spec: StrategySpec) -> dict:
             async with slots:
-                store.save(await run_pair(evaluation.dataset, position, example, spec, model, config))
+                row = await run_pair(evaluation.dataset, position, example, spec, model, config)
+                store.save(row)
             progress.advance(bar)
+            return row
 
-        await asyncio.gather(*(one(*pair) for pair in pending))
+        return list(await asyncio.gather(*(one(*pair) for pair in pending)))
 
 
 async def run_pair(dataset: str, position: int, example: Example, spec: StrategySpec, model: Model, config: Config) -> dict:
     """One strategy on one example, as a results row; a failure is recorded, not raised."""
     row: dict[str, Any] = {
         "dataset": dataset, "example": example.id, "strategy": spec.label, "position": position,
-        "refs": example.references, "metric": example.metric, "meta": example.meta,
-        "document_tokens": example.meta.get("tokens") or model.count_tokens(example.task.document),
+        "refs": example.references, "metric": example.metric, "meta": example.meta, "document_tokens": None,
         "prediction": None, "score": None, "calls": None, "prompt_tokens": None, "completion_tokens": None,
         "seconds": None, "trace": None, "error": None,
     }
     started = time.perf_counter()
     try:
+        row["document_tokens"] = example.meta.get("tokens") or model.count_tokens(example.task.document)
         strategy = get_strategy(spec.name)(model, config, options=spec.options)
         result = await strategy.arun(example.task)
     except CoaError as e:
         return {**row, "error": str(e), "seconds": time.perf_counter() - started}
     except Exception as e:  # a bug or a backend failure must not end a long run
         return {**row, "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - started}
-    usage = result.usage
-    context = {"choices": len(example.task.choices) or 4, "all_classes": example.meta.get("all_classes", [])}
-    return {
-        **row,
-        "prediction": result.answer,
-        "score": metrics.score(example.metric, result.answer, example.references, **context),
-        "calls": usage.calls,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "seconds": usage.seconds,
-        "trace": result.to_dict(),
-    }
+    row.update(prediction=result.answer, seconds=time.perf_counter() - started)
+    try:  # the answer is kept even where accounting or scoring fails
+        usage = result.usage
+        row.update(trace=result.to_dict(), calls=usage.calls, prompt_tokens=usage.prompt_tokens,
+                   completion_tokens=usage.completion_tokens, seconds=usage.seconds)
+        context = {"choices": len(example.task.choices) or 4, "all_classes": example.meta.get("all_classes", [])}
+        row["score"] = metrics.score(example.metric, result.answer, example.references, **context)
+    except Exception as e:
+        row["error"] = f"scoring failed: {type(e).__name__}: {e}"
+    return row

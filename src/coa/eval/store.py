@@ -7,10 +7,13 @@ run killed at any moment keeps every finished pair; `--resume` skips them.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from coa.errors import InputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -46,12 +49,32 @@ COLUMNS = ("dataset", "example", "strategy", "position", "prediction", "refs", "
 class Store:
     FILE = "results.sqlite"
 
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
+        """The store in `directory`, created if need be; `read_only` opens an existing one for
+        reading, which works in a directory that cannot be written."""
         self.path = directory / self.FILE
-        self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: each row lands at once
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        try:
+            if read_only:
+                self.db = _open_read_only(self.path)
+            else:
+                directory.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():
+                    _create(self.path)
+                self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: each row lands at once
+            tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not {"runs", "results"} <= tables:  # someone else's database: leave it alone
+                raise sqlite3.DatabaseError(f"it has tables {', '.join(sorted(tables))} and no results")
+            if read_only and not tables:
+                raise InputError(f"{self.path}: holds no results")
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+        except OSError as e:
+            raise InputError(f"--out {directory}: cannot create the results store there ({e.strerror})") from None
+        except sqlite3.DatabaseError as e:
+            if not read_only and not os.access(directory, os.W_OK):
+                raise InputError(f"--out {directory}: cannot write there ({e})") from None
+            raise InputError(f"{self.path}: not a coa results store ({e})") from None
 
     def config(self, dataset: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT config FROM runs WHERE dataset = ?", (dataset,)).fetchone()
@@ -92,3 +115,31 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _create(path: Path) -> None:
+    """A new store, made beside `path` and renamed into place: whoever looks (a report, a test
+    waiting for rows) never finds the file without its tables."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    db = sqlite3.connect(temporary)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+    finally:
+        db.close()  # folds the WAL into the file and removes it
+    os.replace(temporary, path)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise InputError(f"{path.parent}: no {path.name} here (is it the --out of a coa eval?)")
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        db.execute("SELECT 1 FROM sqlite_master").fetchall()
+        return db
+    except sqlite3.OperationalError:
+        # A store in WAL mode needs its -shm file, which a directory that cannot be written
+        # does not let SQLite create; the file is then read as it stands, WAL ignored.
+        db.close()
+        return sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+

@@ -4,13 +4,18 @@ samples) whose answers a judge call or a majority vote combines."""
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from coa.answers import majority, vote_key
+from coa.errors import ConfigError
 from coa.strategies.base import Session, Strategy, fit_notes, query_text, register
 from coa.strategies.chain import ChainOptions, manage, manager_tokens, run_chain
 from coa.task import Task
+
+
+MAX_PATHS = 16  # each path is a whole chain over the document: more is a typo, not a plan
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,12 @@ class MultipathOptions:
     sample_temperature: float = 0.7
     guard: bool = True
     grounding: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n <= MAX_PATHS:
+            raise ConfigError(f"option n must be 1 to {MAX_PATHS} (chains to run), not {self.n}")
+        if not (math.isfinite(self.sample_temperature) and self.sample_temperature >= 0):
+            raise ConfigError(f"option sample_temperature must be a finite number of 0 or more, not {self.sample_temperature}")
 
 
 @register
@@ -35,8 +46,8 @@ class Multipath(Strategy):
         chain = lambda order: ChainOptions(order, True, o.guard, o.grounding)  # noqa: E731
         plans = {  # (chain options, temperature, seed) per path
             "bidir": [(chain("ltr"), None, seed), (chain("rtl"), None, seed)],
-            "perm": [(chain("perm"), None, seed + i) for i in range(max(1, o.n))],
-            "sample": [(chain("ltr"), o.sample_temperature, seed + i) for i in range(max(1, o.n))],
+            "perm": [(chain("perm"), None, seed + i) for i in range(o.n)],
+            "sample": [(chain("ltr"), o.sample_temperature, seed + i) for i in range(o.n)],
         }[o.paths]
         max_tokens = manager_tokens(session, task)
 

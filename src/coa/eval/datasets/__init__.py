@@ -37,14 +37,21 @@ class Source:
     argument: str = ""  # what follows the colon in "leval:quality" or "jsonl:PATH"
     used: set[str] = field(default_factory=set)
 
-    def option(self, key: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
+    def option(self, key: str, default: Any, kind: Callable[[str], Any] = str, *,
+               valid: Callable[[Any], bool] = lambda value: True, expected: str = "") -> Any:
+        """The option's value as `kind` makes it; a ConfigError saying what is `expected` where
+        `kind` fails or the value is not `valid`."""
         self.used.add(key)
         if key not in self.options:
             return default
+        raw = self.options[key]
         try:
-            return kind(self.options[key])
+            value = kind(raw)
+            if valid(value):
+                return value
         except ValueError:
-            raise ConfigError(f"dataset option {key}={self.options[key]!r} is not a valid value") from None
+            pass
+        raise ConfigError(f"dataset option {key}={raw!r} is not valid" + (f": expected {expected}" if expected else ""))
 
     def file(self, *parts: str) -> Path:
         path = self.data_dir.joinpath(*parts)
@@ -82,12 +89,22 @@ def load(name: str, *, data_dir: Path | None, options: dict[str, str], seed: int
     if family not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose from: {', '.join(sorted(DATASETS))}")
     source = Source(data_dir or default_data_dir(), dict(options), seed, count_tokens, argument)
-    examples = []
+    examples, ids = [], set()
     for example in DATASETS[family][0](source):
+        if example.id in ids:  # results are stored by id: a second example would overwrite the first
+            raise InputError(f"dataset {name}: example id {example.id!r} is used twice")
+        ids.add(example.id)
         examples.append(example)
         if limit is not None and len(examples) >= limit:
             break
     unknown = set(options) - source.used
     if unknown:
         raise ConfigError(f"dataset {family} has no option {', '.join(sorted(unknown))}")
+    if not examples:
+        raise InputError(f"dataset {name} has no examples")
     return examples
+
+
+def numbers(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    """A `Source.option` kind: comma-separated numbers, "1000,2000"."""
+    return lambda text: [kind(part) for part in text.split(",")]

@@ -30,7 +30,7 @@ def target_lines(lines: list[str], prefix_chars: int) -> list[int]:
 @dataset("code", "next-line completion over long Python files (root=DIR, default: the standard library; length=N)")
 def code(source: Source) -> Iterator[Example]:
     root = Path(source.option("root", sysconfig.get_paths()["stdlib"]))
-    length = source.option("length", 4000, int)
+    length = source.option("length", 4000, int, valid=lambda v: v > 0, expected="a token count above 0")
     if not root.is_dir():
         raise InputError(f"code root {root} is not a directory")
     files = sorted(

@@ -19,7 +19,7 @@ def passage(title: str, sentences: list[str]) -> str:
 
 @dataset("hotpotqa", "HotpotQA dev questions padded with other questions' paragraphs to length=N tokens (F1)")
 def hotpotqa(source: Source) -> Iterator[Example]:
-    length = source.option("length", 6000, int)
+    length = source.option("length", 6000, int, valid=lambda v: v > 0, expected="a token count above 0")
     rows = [json.loads(line) for line in source.file(*FILE).open(encoding="utf-8")]
     pool = [passage(t, s) for row in rows for t, s in row["context"]]
     count = source.count_tokens

@@ -39,34 +39,78 @@ DEFAULT_METRIC = {Kind.QA: "qa_f1", Kind.MCQ: "choice", Kind.SUMMARIZE: "rouge",
 
 
 def rows(source: Source) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of the file."""
     path = Path(source.argument)
     if not source.argument or not path.is_file():
         raise InputError(f"{source.argument or '(no path)'}: no such JSONL file")
-    with path.open(encoding="utf-8") as lines:
-        for n, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+    with path.open("rb") as lines:
+        for n, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{n}: not UTF-8 text (byte {e.start + 1} of the line)") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object, not {_json_type(row)}")
+            yield n, row
 
 
-def _answers(row: dict) -> list[str]:
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), "null")
+
+
+def _text(row: dict, where: str, *keys: str, required: bool = False) -> str | None:
+    """The first of `keys` that `row` gives a value, which must be a text."""
+    for key in keys:
+        value = row.get(key)
+        if value is not None and value != "":
+            if not isinstance(value, str):
+                raise InputError(f"{where}: {key!r} must be a text, not {_json_type(value)}")
+            return value
+    if required:
+        raise InputError(f"{where}: no {' or '.join(map(repr, keys))} field")
+    return None
+
+
+def _answers(row: dict, where: str) -> list[str]:
     answers = row.get("answers", row.get("answer", row.get("outputs")))
+    if answers is None:
+        raise InputError(f"{where}: no 'answers' field (a list of reference answers)")
     return [str(a) for a in answers] if isinstance(answers, list) else [str(answers)]
+
+
+def _task(where: str, *args) -> Task:
+    try:
+        return Task(*args)
+    except InputError as e:  # an empty context, a question missing, ...
+        raise InputError(f"{where}: {e}") from None
 
 
 @dataset("jsonl", "your own JSONL file: jsonl:PATH (context, input, answers, optional choices, kind, metric)")
 def jsonl(source: Source) -> Iterator[Example]:
+    from coa.eval.metrics import METRICS
+
     for n, row in rows(source):
-        document = row.get("context", row.get("document"))
-        if document is None:
-            raise InputError(f"{source.argument}:{n}: no 'context' or 'document' field")
-        query = row.get("input") or row.get("question") or row.get("query") or None
-        choices = tuple(row.get("choices") or ())
-        kind = Kind(row.get("kind") or (Kind.MCQ if choices else Kind.QA if query else Kind.SUMMARIZE))
-        yield Example(id=str(row.get("_id", row.get("id", n))), task=Task(document, query, kind, choices),
-                      references=_answers(row), metric=row.get("metric") or DEFAULT_METRIC[kind], meta={})
+        where = f"{source.argument}:{n}"
+        document = _text(row, where, "context", "document", required=True)
+        query = _text(row, where, "input", "question", "query")
+        choices = row.get("choices") or []
+        if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+            raise InputError(f"{where}: 'choices' must be a list of texts")
+        kind = row.get("kind") or (Kind.MCQ if choices else Kind.QA if query else Kind.SUMMARIZE)
+        if kind not in [k.value for k in Kind]:
+            raise InputError(f"{where}: unknown kind {kind!r}; use one of: {', '.join(k.value for k in Kind)}")
+        metric = row.get("metric") or DEFAULT_METRIC[Kind(kind)]
+        if metric not in METRICS:  # found now, not when the first answer is scored
+            raise InputError(f"{where}: unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+        yield Example(id=str(row.get("_id", row.get("id", n))), task=_task(where, document, query, kind, tuple(choices)),
+                      references=_answers(row, where), metric=metric, meta={})
 
 
 @dataset("longbench", "a LongBench file: longbench:PATH, scored with LongBench's metric for that dataset")
@@ -77,9 +121,10 @@ def longbench(source: Source) -> Iterator[Example]:
         if name not in LONGBENCH:
             raise InputError(f"LongBench dataset {name!r} is not supported; known: {', '.join(sorted(LONGBENCH))}")
         kind, metric, requirement = LONGBENCH[name]
-        query = (row.get("input") or "").strip() or None
+        where = f"{source.argument}:{n}"
+        query = (_text(row, where, "input") or "").strip() or None
         if kind is Kind.QA and not query:
             query = requirement
-        task = Task(row["context"], query, kind, requirement=requirement)
-        yield Example(id=str(row.get("_id", n)), task=task, references=_answers(row), metric=metric,
+        task = _task(where, _text(row, where, "context", required=True), query, kind, (), requirement)
+        yield Example(id=str(row.get("_id", n)), task=task, references=_answers(row, where), metric=metric,
                       meta={"dataset": name, "all_classes": row.get("all_classes") or [], "length": row.get("length")})

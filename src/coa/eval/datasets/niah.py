@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from coa.errors import InputError
-from coa.eval.datasets import Example, Source, dataset
+from coa.errors import ConfigError, InputError
+from coa.eval.datasets import Example, Source, dataset, numbers
 from coa.eval.datasets.text import insert, sentence_boundary, take_tokens
 from coa.task import Kind, Task
 
@@ -15,10 +15,11 @@ NEEDLE = "One of the special magic numbers for {key} is: {value}."
 QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
 _ADJECTIVES = "amber brave calm dusty eager fancy gentle hollow icy jolly keen lively misty noble olive proud quiet rustic silent tidy".split()
 _NOUNS = "anchor basket candle dragon engine falcon garden harbor island jacket kettle lantern meadow needle orchard pepper quartz river saddle tunnel".split()
+_KEYS = [f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS]
 
 
 def background(source: Source) -> str:
-    kind = source.option("haystack", "essays")
+    kind = source.option("haystack", "essays", valid=lambda v: v in ("essays", "books"), expected="essays or books")
     if kind == "books":
         books = sorted((source.data_dir / "books").glob("*.txt"))
         if not books:
@@ -29,11 +30,15 @@ def background(source: Source) -> str:
 
 @dataset("niah", "needle in a haystack: lengths x depths grid over essays or books, single or multi-key")
 def niah(source: Source) -> Iterator[Example]:
-    lengths = [int(x) for x in source.option("lengths", "1000,2000,4000,8000,16000").split(",")]
-    depths = [float(x) for x in source.option("depths", "0,0.25,0.5,0.75,1").split(",")]
-    variant = source.option("variant", "single")
-    keys = source.option("keys", 4, int) if variant == "multikey" else 1
-    per_cell = source.option("per_cell", 1, int)
+    lengths = source.option("lengths", [1000, 2000, 4000, 8000, 16000], numbers(int), valid=lambda v: min(v) > 0,
+                            expected="comma-separated token counts above 0")
+    depths = source.option("depths", [0.0, 0.25, 0.5, 0.75, 1.0], numbers(float), valid=lambda v: all(0 <= d <= 1 for d in v),
+                           expected="comma-separated fractions from 0 to 1")
+    variant = source.option("variant", "single", valid=lambda v: v in ("single", "multikey"), expected="single or multikey")
+    keys = 1
+    if variant == "multikey":
+        keys = source.option("keys", 4, int, valid=lambda v: 1 <= v <= len(_KEYS), expected=f"1 to {len(_KEYS)}")
+    per_cell = source.option("per_cell", 1, int, valid=lambda v: v >= 1, expected="1 or more")
     text = background(source)
     count = source.count_tokens
     for length in lengths:
@@ -41,9 +46,12 @@ def niah(source: Source) -> Iterator[Example]:
             for k in range(per_cell):
                 id = f"{variant}-{length}-{depth:g}-{k}"
                 rng = random.Random(f"{source.seed}/{id}")
-                names = rng.sample([f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS], keys)
+                names = rng.sample(_KEYS, keys)
                 needles = [NEEDLE.format(key=name, value=rng.randrange(1_000_000, 10_000_000)) for name in names]
                 room = length - sum(count(n) + 1 for n in needles)
+                if room <= 0:
+                    raise ConfigError(f"niah length {length} leaves no room for text around {keys} needle(s) of "
+                                      f"{length - room} tokens; use larger lengths")
                 start = text.find("\n\n", rng.randrange(len(text) // 2)) + 2  # a paragraph start in the first half
                 hay = take_tokens(text[start:] + "\n\n" + text[:start], room, count)
                 # Distractor needles first, at random depths; the asked one last, where the grid says.
