@@ -26,6 +26,8 @@ def model_options(command):
         click.option("--window", "-w", type=click.IntRange(min=64), default=DEFAULT_WINDOW, show_default=True, help="Context window in tokens (capped at the model's)."),
         click.option("--max-cu-tokens", type=click.IntRange(min=1), help="Longest communication unit [default: 1024, or window/8 if smaller]."),
         click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+                     help="Seconds one call to a model server may take, retries included."),
     ]
     for option in reversed(options):
         command = option(command)

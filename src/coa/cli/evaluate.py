@@ -32,7 +32,7 @@ from coa.errors import CoaError, InputError
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="COA_DATA_DIR",
               help="Where the datasets live [env: COA_DATA_DIR; default: ../shared/data].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
-def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_tokens, temperature, limit, concurrency,
+def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_tokens, temperature, timeout, limit, concurrency,
              out, resume, retry_errors, rerun, seed, data_dir, opts) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
     from coa.eval.report import markdown
@@ -50,7 +50,7 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
     )
     with Interrupts() as interrupts, store_errors(out):
         try:
-            outcome = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key), console=stderr)
+            outcome = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout), console=stderr)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM; finished pairs are committed one by one: say how to go on
             exit_with(f"{interrupts.what}; {left_in(out, dataset)}", interrupts.exit_code)
         click.echo(markdown(outcome.store))

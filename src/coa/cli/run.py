@@ -77,7 +77,7 @@ def _run(file: str, make_task, **settings) -> None:
 
 
 def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, window,
-           max_cu_tokens, requirement, temperature, seed, concurrency, prompts_dir, as_json, trace, verbose) -> None:
+           max_cu_tokens, requirement, temperature, timeout, seed, concurrency, prompts_dir, as_json, trace, verbose) -> None:
     from coa.models.registry import load_model
     from coa.prompts import task_format
     from coa.strategies import get_strategy
@@ -95,7 +95,7 @@ def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, mode
         stderr.print(f"warning: {warning}")
     task = make_task(document.text)
     task_format(task.kind, prompts_dir)  # a broken tasks.yaml override fails before the model loads
-    backend = load_model(model, window=window, base_url=base_url, api_key=api_key)
+    backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir)
     with CallPrinter(stderr, verbose=verbose) as printer:

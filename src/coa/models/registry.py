@@ -29,8 +29,10 @@ def load_model(
     window: int | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
+    timeout: float | None = None,
 ) -> Model:
-    """The backend for a model name; `window` sizes a local model's context."""
+    """The backend for a model name; `window` sizes a local model's context, `timeout` bounds each
+    call to a server in seconds (retries included; default 120)."""
     kind, _, argument = name.partition(":")
     if name == "embedded":
         from coa.models.llamacpp import LlamaCppModel, embedded_model_path
@@ -46,7 +48,7 @@ def load_model(
     if kind == "openai" and argument:
         from coa.models.openai import OpenAIModel
 
-        return OpenAIModel(argument, base_url=base_url, api_key=api_key, window=window)
+        return OpenAIModel(argument, base_url=base_url, api_key=api_key, window=window, timeout=timeout)
     if name == "scripted":
         from coa.config import DEFAULT_WINDOW
         from coa.models.scripted import ScriptedModel

@@ -269,6 +269,7 @@ class Session:
             calls=self.calls,
             seconds=time.perf_counter() - self.started,
             settings={"temperature": self.config.temperature, "seed": self.config.seed, **settings},
+            warnings=list(getattr(self.model, "warnings", ())),  # e.g. a server tokenizer that stopped answering
         )
 
 

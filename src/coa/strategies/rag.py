@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from coa.errors import ConfigError
+from coa.models.base import Model
 from coa.strategies.base import Session, Strategy, answer_messages, query_text, register
 from coa.task import Kind, Task
 
@@ -21,7 +22,7 @@ class RagOptions:
     retriever: Literal["bm25", "dense"] = "bm25"
     chunk_words: int = 300
     embed_model: str = ""  # dense: the embedding model's name on an OpenAI-compatible server
-    embed_url: str = ""  # dense: that server's base URL (default: OPENAI_BASE_URL)
+    embed_url: str = ""  # dense: that server's base URL (default: the chat model's server)
 
 
 @register
@@ -51,7 +52,7 @@ class Rag(Strategy):
 
     async def _scores(self, passages: list[str], query: str) -> list[float]:
         if self.options.retriever == "dense":
-            return await dense_scores(passages, query, self.options)
+            return await dense_scores(passages, query, self.options, self.model)
         return bm25_scores(passages, query)
 
 
@@ -71,14 +72,19 @@ def bm25_scores(passages: list[str], query: str) -> list[float]:
     return index.get_scores(terms).tolist() if terms else [0.0] * len(passages)
 
 
-async def dense_scores(passages: list[str], query: str, options: RagOptions) -> list[float]:
+async def dense_scores(passages: list[str], query: str, options: RagOptions, model: Model) -> list[float]:
     import asyncio
 
     from coa.models.openai import OpenAIModel
 
     if not options.embed_model:
-        raise ConfigError("dense retrieval needs --opt embed_model=NAME (and embed_url=URL unless OPENAI_BASE_URL is set)")
-    embedder = OpenAIModel(options.embed_model, base_url=options.embed_url or None)
+        raise ConfigError("dense retrieval needs --opt embed_model=NAME")
+    if options.embed_url:
+        embedder = OpenAIModel(options.embed_model, base_url=options.embed_url)
+    elif isinstance(model, OpenAIModel):
+        embedder = model.with_model(options.embed_model)  # the chat server and key: the passages go nowhere else
+    else:
+        raise ConfigError(f"dense retrieval with {model.name}, which is not on a server, needs --opt embed_url=URL")
     vectors = np.array(await asyncio.to_thread(embedder.embed, [query, *passages]), dtype=float)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
     return (vectors[1:] @ vectors[0]).tolist()
