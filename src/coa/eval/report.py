@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-import html
-import json
+import functools
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from coa.eval.store import Store
 
@@ -40,27 +41,38 @@ def _rank(order: dict[str, list[str]], dataset: str, strategy: str) -> tuple[int
     return (listed.index(strategy) if strategy in listed else len(listed), strategy)
 
 
-def markdown(store: Store) -> str:
-    """A markdown table per dataset, headed by what was run."""
+HEADER = ("strategy", "score", "n", "errors", "doc tokens", "calls", "prompt tokens", "completion tokens", "seconds")
+
+
+def sections(store: Store) -> list[dict[str, Any]]:
+    """Per dataset, as text: its model, the settings it ran with and one row of `HEADER` cells per
+    strategy. The markdown tables and the HTML page both show these."""
     entries = summary(store)
-    parts = []
+    result = []
     for dataset in dict.fromkeys(e["dataset"] for e in entries):
         config = store.config(dataset) or {}
         rows = [e for e in entries if e["dataset"] == dataset]
         options = " ".join(f"{k}={v}" for k, v in config.get("options", {}).items())
-        parts.append(
-            f"### {dataset}\n\n"
-            f"model `{config.get('model')}`, window {config.get('window')}, seed {config.get('seed')}"
+        settings = (
+            f"window {config.get('window')}, seed {config.get('seed')}"
             f"{', options ' + options if options else ''}; metric {rows[0]['metric']} (x100); "
-            f"run started {config.get('started', '?')}, version {config.get('version', '?')} ({config.get('git') or 'no git'})\n\n"
-            "| strategy | score | n | errors | doc tokens | calls | prompt tokens | completion tokens | seconds |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-            + "".join(
-                f"| {e['strategy']} | {_fmt(e['score'])} | {e['n']} | {e['errors']} | {_fmt(e['document_tokens'], 0)} "
-                f"| {_fmt(e['calls'], 1)} | {_fmt(e['prompt_tokens'], 0)} | {_fmt(e['completion_tokens'], 0)} | {_fmt(e['seconds'], 1)} |\n"
-                for e in rows
-            )
+            f"run started {config.get('started', '?')}, version {config.get('version', '?')} ({config.get('git') or 'no git'})"
         )
+        cells = [[e["strategy"], _fmt(e["score"]), str(e["n"]), str(e["errors"]), _fmt(e["document_tokens"], 0),
+                  _fmt(e["calls"], 1), _fmt(e["prompt_tokens"], 0), _fmt(e["completion_tokens"], 0), _fmt(e["seconds"], 1)]
+                 for e in rows]
+        result.append({"dataset": dataset, "model": config.get("model"), "settings": settings, "rows": cells})
+    return result
+
+
+def markdown(store: Store) -> str:
+    """A markdown table per dataset, headed by what was run."""
+    parts = [
+        f"### {s['dataset']}\n\nmodel `{s['model']}`, {s['settings']}\n\n"
+        f"| {' | '.join(HEADER)} |\n|---{'|---:' * (len(HEADER) - 1)}|\n"
+        + "".join(f"| {' | '.join(cells)} |\n" for cells in s["rows"])
+        for s in sections(store)
+    ]
     return "\n".join(parts) if parts else "No results yet.\n"
 
 
@@ -162,16 +174,17 @@ def _heat_maps(dataset: str, rows: list[dict], directory: Path) -> list[Path]:
 # -- HTML ------------------------------------------------------------------------------------------
 def html_page(store: Store, images: list[Path]) -> str:
     """One self-contained page: the tables, the plots, and a browser over every pair's trace."""
-    import markdown_it
-
-    tables = markdown_it.MarkdownIt("commonmark").enable("table").render(markdown(store))
-    pictures = "".join(
-        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
-        for p in images
-    )
+    pictures = [{"name": p.stem, "png": base64.b64encode(p.read_bytes()).decode()} for p in images]
     pairs = [_browsable(r) for r in store.rows(traces=True)]
-    data = json.dumps(pairs, ensure_ascii=False).replace("</", "<\\/")
-    return PAGE.replace("{{tables}}", tables).replace("{{plots}}", pictures).replace("{{data}}", data)
+    return _templates().get_template("report.html.j2").render(
+        sections=sections(store), header=HEADER, pictures=pictures, pairs=pairs)
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    # autoescape for every template: all that the page shows comes from runs, settings and models
+    return jinja2.Environment(loader=jinja2.PackageLoader("coa.eval", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 def _browsable(row: dict) -> dict:
@@ -188,55 +201,3 @@ def _browsable(row: dict) -> dict:
     return {"dataset": row["dataset"], "example": row["example"], "strategy": row["strategy"], "score": row["score"],
             "prediction": row["prediction"], "references": row["refs"], "error": row["error"], "calls": calls}
 
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>coa evaluation report</title>
-<style>
-body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; padding: 0 1rem; color: #222; }
-table { border-collapse: collapse; margin: .5rem 0 1.5rem; } th, td { border: 1px solid #ccc; padding: .25rem .5rem; }
-td { text-align: right; } td:first-child { text-align: left; }
-figure { display: inline-block; margin: .5rem; } img { max-width: 100%; }
-select { max-width: 100%; font: inherit; } .call { border: 1px solid #ddd; border-radius: 6px; margin: .6rem 0; padding: .5rem .8rem; }
-.call h4 { margin: 0 0 .3rem; } pre { white-space: pre-wrap; background: #f6f6f6; padding: .4rem; max-height: 18rem; overflow: auto; }
-.note { color: #a15c00; } .bad { color: #b00020; } details summary { cursor: pointer; color: #555; }
-</style></head><body>
-<h1>Evaluation report</h1>
-<h2>Results</h2>{{tables}}
-<h2>Plots</h2>{{plots}}
-<h2>Trace browser</h2>
-<p><label>Pair: <select id="pair"></select></label></p>
-<div id="trace"></div>
-<script id="pairs" type="application/json">{{data}}</script>
-<script>
-const pairs = JSON.parse(document.getElementById("pairs").textContent);
-const select = document.getElementById("pair");
-const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
-pairs.forEach((p, i) => {
-  const option = document.createElement("option");
-  option.value = i;
-  option.textContent = `${p.dataset} · ${p.example} · ${p.strategy} · ` + (p.error ? "error" : `score ${(100 * p.score).toFixed(0)}`);
-  select.appendChild(option);
-});
-function show(i) {
-  const p = pairs[i];
-  if (!p) { document.getElementById("trace").innerHTML = "<p>No pairs.</p>"; return; }
-  let out = `<p><b>Prediction:</b> ${esc(p.prediction)}<br><b>References:</b> ${esc((p.references || []).join(" | "))}`;
-  out += p.error ? `<br><b class="bad">Error:</b> ${esc(p.error)}</p>` : `<br><b>Score:</b> ${(100 * p.score).toFixed(1)}</p>`;
-  for (const c of p.calls) {
-    const label = `${c.role} ${c.index + 1}` + (c.path !== null && c.path !== undefined ? ` (path ${c.path + 1})` : "");
-    out += `<div class="call ${c.role}"><h4>${esc(label)}</h4>`;
-    out += `<div>${c.prompt_tokens} prompt + ${c.completion_tokens} completion tokens, ${c.seconds} s` + (c.span ? `, chunk tokens ${c.span[0]}–${c.span[1]}` : "") + `</div>`;
-    out += `<details><summary>input${c.cut ? " (cut)" : ""}</summary><pre>${esc(c.input)}</pre></details>`;
-    out += `<div><b>output:</b><pre class="output">${esc(c.output)}</pre></div>`;
-    if (c.cu !== null && c.cu !== undefined) out += `<div><b>CU passed on:</b><pre class="cu">${esc(c.cu)}</pre></div>`;
-    if (c.note) out += `<div class="note">${esc(c.note)}</div>`;
-    out += `</div>`;
-  }
-  document.getElementById("trace").innerHTML = out;
-}
-select.addEventListener("change", () => show(select.value));
-const wanted = new URLSearchParams(location.hash.slice(1)).get("pair");
-select.value = wanted ?? 0;
-show(select.value);
-</script></body></html>
-"""
