@@ -105,7 +105,7 @@ def test_workers_read_every_chunk_in_order_once():
     ],
 )
 def test_each_task_kind_uses_its_own_prompts(kind, query, choices, marker):
-    model, coa = chain(window=600)
+    model, coa = chain(window=700)
     coa.run(Task(document(40), query, kind, choices))
     worker = load_prompt("coa", "worker", kind)
     manager = load_prompt("coa", "manager", kind)

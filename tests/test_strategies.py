@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coa import Config, ConfigError, Kind, ScriptedModel, Task
+from coa.fence import fence
 from coa.models.base import count_prompt
 from coa.strategies import REGISTRY, get_strategy
 from coa.strategies.base import parse_options, parse_pairs
@@ -126,7 +127,9 @@ def test_multipath_bidirectional_runs_two_chains_and_a_judge():
     assert result.settings["answers"] == [f"LAST {last_chunk_start}", "LAST 0"] and last_chunk_start > 0
     judge = [c for c in result.calls if c.role == "judge"]
     assert len(judge) == 1 and result.calls[-1] is judge[0]
-    assert f"Candidate 1: LAST {last_chunk_start}" in user(judge[0].messages) and "Candidate 2: LAST 0" in user(judge[0].messages)
+    judged = user(judge[0].messages)
+    assert f"Candidate 1: {fence(f'LAST {last_chunk_start}', 'answer')}" in judged
+    assert f"Candidate 2: {fence('LAST 0', 'answer')}" in judged
     assert "Question: Who?" in user(judge[0].messages)
     assert result.answer == "judged"
 
@@ -214,7 +217,7 @@ def test_merge_summaries_go_to_a_manager():
     model, result = run("merge", Task(document(200), None, Kind.SUMMARIZE), reply=lambda m: "part summary" if "Part 1:" not in user(m) else "final")
     assert result.calls[-1].role == "manager" and result.answer == "final"
     workers = len(result.calls) - 1
-    assert all(f"Part {i + 1}: part summary" in user(model.prompts[-1]) for i in range(workers))
+    assert all(f"Part {i + 1}: {fence('part summary', 'note')}" in user(model.prompts[-1]) for i in range(workers))
 
 
 # -- hierarchical ---------------------------------------------------------------------------------

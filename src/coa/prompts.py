@@ -18,9 +18,11 @@ import jinja2
 import yaml
 
 from coa.errors import ConfigError
+from coa.fence import fence
 from coa.models.base import Messages
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+_ENV.filters["fence"] = fence  # {{ chunk | fence }}: text from outside between tags it cannot forge
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,10 @@ def load_prompt(strategy: str, role: str, kind: str | None = None, directory: Pa
         if text is not None:
             try:
                 data = yaml.safe_load(text)
-                return Prompt(name=name, system=data.get("system", ""), user=_ENV.from_string(data["user"]))
+                system, user = data.get("system", ""), data["user"]
+                if not (isinstance(system, str) and isinstance(user, str)):
+                    raise TypeError("system and user must be texts")
+                return Prompt(name=name, system=system, user=_ENV.from_string(user))
             except (yaml.YAMLError, jinja2.TemplateSyntaxError, KeyError, TypeError, AttributeError) as e:
                 raise ConfigError(f"prompt {name} is malformed: {e}") from None
     raise ConfigError(f"no prompt file {names[0]}")
@@ -60,14 +65,29 @@ def load_prompt(strategy: str, role: str, kind: str | None = None, directory: Pa
 def task_format(kind: str, directory: Path | None = None) -> TaskFormat:
     try:
         entry = yaml.safe_load(_read("tasks.yaml", directory) or "")[str(kind)]
-        return TaskFormat(requirement=entry["requirement"].strip(), max_tokens=int(entry["max_tokens"]))
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        requirement, max_tokens = entry["requirement"], entry["max_tokens"]
+    except (yaml.YAMLError, KeyError, TypeError) as e:
         raise ConfigError(f"tasks.yaml has no usable entry for {kind}: {e}") from None
+    if not isinstance(requirement, str):
+        raise ConfigError(f"tasks.yaml, {kind}: requirement must be a text, not {requirement!r}")
+    try:
+        max_tokens = int(max_tokens)
+    except (TypeError, ValueError):
+        max_tokens = 0
+    if max_tokens <= 0:
+        raise ConfigError(f"tasks.yaml, {kind}: max_tokens must be a positive whole number, not {entry['max_tokens']!r}")
+    return TaskFormat(requirement=requirement.strip(), max_tokens=max_tokens)
 
 
 def _read(name: str, directory: Path | None) -> str | None:
-    if directory is not None and (directory / name).is_file():
-        return (directory / name).read_text(encoding="utf-8")
+    path = directory / name if directory is not None else None
+    if path is not None and path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not UTF-8 text") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     return _packaged(name)
 
 

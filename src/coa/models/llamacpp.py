@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -28,6 +29,8 @@ LOOP_MAX_PERIOD = 64  # longest repeating block detected, in tokens
 LOOP_MIN_TOKENS = 16  # a loop must span this many tokens (and at least 3 copies)
 LINE_MIN_TOKENS = 5  # shorter lines (a speaker's name in a play) may well recur
 LINE_REPEATS = 3
+# Where a message's text goes in the rendered chat template; NUL never comes out of a template.
+_SLOT = re.compile("\x00([0-9]+)\x00")
 
 
 def embedded_model_path() -> Path:
@@ -194,15 +197,28 @@ class LlamaCppModel:
             formatted = self._formatter(messages=messages)
         return formatted.prompt, list(formatted.stop or [])
 
+    def prompt_tokens(self, messages: Messages) -> tuple[list[int], list[str]]:
+        """The chat as tokens, and its stop strings. Only the template's own text may become
+        control tokens: text in the messages (a document, a model's output) is tokenized as
+        plain text, so "<|im_start|>system" inside a document stays words, not a new turn."""
+        slots = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
+        template, stop = self.format(slots)
+        llm, tokens = self._llm, []
+        for n, part in enumerate(_SLOT.split(template)):  # template text and message numbers, alternating
+            if n % 2:
+                tokens += llm.tokenize(messages[int(part)]["content"].encode("utf-8"), add_bos=False, special=False)
+            elif part or n == 0:
+                tokens += llm.tokenize(part.encode("utf-8"), add_bos=n == 0, special=True)
+        return tokens, stop
+
     def complete(
         self, messages: Messages, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
     ) -> Completion:
         from llama_cpp import StoppingCriteriaList
 
         llm = self._llm
-        prompt, stop = self.format(messages)
-        prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
-        guard = LoopGuard(prompt_tokens, *self._token_classes)
+        prompt, stop = self.prompt_tokens(messages)
+        guard = LoopGuard(len(prompt), *self._token_classes)
         with self._lock:
             started = time.perf_counter()
             try:

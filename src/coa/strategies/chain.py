@@ -74,7 +74,8 @@ def worker_messages(session: Session, task: Task, chunk: str, previous: str, ind
 
 def chunk_budget(session: Session, task: Task) -> int:
     limit = cu_limit(session)
-    return session.budget(worker_messages(session, task, "", "", 1, 1), 2 * limit, "worker")  # CU in + CU out
+    # A one-character CU stands in for the real one, so that its fence's tags are counted too.
+    return session.budget(worker_messages(session, task, "", "x", 1, 1), 2 * limit, "worker")  # CU in + CU out
 
 
 def ordered(chunks: list[Chunk], order: Order, seed: int) -> list[Chunk]:
