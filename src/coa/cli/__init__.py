@@ -6,6 +6,7 @@ models), evaluate (eval, report).
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -25,13 +26,20 @@ def model_options(command):
         click.option("--api-key", envvar="OPENAI_API_KEY", help="API key for the server [env: OPENAI_API_KEY]."),
         click.option("--window", "-w", type=click.IntRange(min=64), default=DEFAULT_WINDOW, show_default=True, help="Context window in tokens (capped at the model's)."),
         click.option("--max-cu-tokens", type=click.IntRange(min=1), help="Longest communication unit [default: 1024, or window/8 if smaller]."),
-        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_finite),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
                      help="Seconds one call to a model server may take, retries included."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _finite(ctx, param, value: float) -> float:
+    # FloatRange lets nan through (every comparison with nan is false), and inf is in range.
+    if not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number of 0 or more, not {value}")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,17 +54,18 @@ def main() -> None:
         code = cli.main(prog_name="coa", standalone_mode=False)
     except click.UsageError as e:
         command = e.ctx.command_path if e.ctx else "coa"
-        _fail(f"{e.format_message()} (see {command} --help)", 2)
+        fail(f"{e.format_message()} (see {command} --help)", 2)
     except click.ClickException as e:
-        _fail(e.format_message(), 2)
+        fail(e.format_message(), 2)
     except CoaError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     except (KeyboardInterrupt, click.Abort) as e:
-        _fail(str(e) or "interrupted", 130)
+        fail(str(e) or "interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> None:
+    """The CLI's one error line on stderr, then exit with `code`."""
     stderr.print(f"error: {' '.join(message.split())}", markup=False, soft_wrap=True)
     sys.exit(code)
 

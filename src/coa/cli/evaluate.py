@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from coa.cli import cli, model_options, stderr
-from coa.cli.run import Interrupts, check_temperature, exit_with
+from coa.cli import cli, fail, model_options, stderr
+from coa.cli.run import Interrupts
 from coa.errors import CoaError, InputError
 
 
@@ -40,7 +40,6 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
     from coa.models.registry import load_model
     from coa.strategies.base import parse_pairs
 
-    check_temperature(temperature)
     evaluation = Evaluation(
         dataset=dataset, strategies=comma_list(strategies), model=model, window=window,
         max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, limit=limit, concurrency=concurrency,
@@ -52,10 +51,10 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
         try:
             outcome = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout), console=stderr)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM; finished pairs are committed one by one: say how to go on
-            exit_with(f"{interrupts.what}; {left_in(out, dataset)}", interrupts.exit_code)
+            fail(f"{interrupts.what}; {left_in(out, dataset)}", interrupts.exit_code)
         click.echo(markdown(outcome.store))
     if outcome.all_failed:  # a run that produced no result is not a success, though its errors are kept
-        exit_with(f"all {outcome.ran} pairs failed; first error: {outcome.errors[0]}", 1)
+        fail(f"all {outcome.ran} pairs failed; first error: {outcome.errors[0]}", 1)
 
 
 def left_in(out: Path, dataset: str) -> str:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -14,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from coa.cli import cli, model_options, stderr
+from coa.cli import cli, fail, model_options, stderr
 from coa.config import Config
 from coa.documents import read_document
-from coa.errors import CoaError, ConfigError, InputError
+from coa.errors import CoaError, InputError
 from coa.progress import CallPrinter
 from coa.task import Call, Kind, Result, Task
 
@@ -73,7 +71,7 @@ def _run(file: str, make_task, **settings) -> None:
         try:
             _solve(file, make_task, interrupts, **settings)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
-            exit_with(str(e) or interrupts.what, interrupts.exit_code)
+            fail(str(e) or interrupts.what, interrupts.exit_code)
 
 
 def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, window,
@@ -83,7 +81,6 @@ def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, mode
     from coa.strategies import get_strategy
     from coa.strategies.base import parse_options, parse_pairs
 
-    check_temperature(temperature)
     if trace is not None:
         check_writable(trace, "--trace")
     if prompts_dir is not None and not prompts_dir.is_dir():
@@ -115,12 +112,6 @@ def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, mode
             trace.write_text(result.to_json(), encoding="utf-8")
         except OSError as e:
             raise InputError(f"--trace {trace}: cannot write ({e.strerror})") from None
-
-
-def check_temperature(temperature: float) -> None:
-    # click's FloatRange lets nan through (no comparison with nan is false) and inf is in range.
-    if not math.isfinite(temperature):
-        raise ConfigError(f"--temperature must be a finite number of 0 or more, not {temperature}")
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -179,12 +170,6 @@ class Interrupts:
     @property
     def exit_code(self) -> int:
         return 128 + self.signal  # the shell's convention for a process ended by a signal
-
-
-def exit_with(message: str, code: int) -> None:
-    """The CLI's one error line, with an exit code other than 2."""
-    stderr.print(f"error: {' '.join(message.split())}", markup=False, soft_wrap=True)
-    sys.exit(code)
 
 
 def _print(result: Result, as_json: bool) -> None:
