@@ -1,7 +1,9 @@
 """Results of an evaluation run, streamed into SQLite as each pair finishes.
 
 One row per (dataset, example, strategy). Each row is committed on its own, so a
-run killed at any moment keeps every finished pair; `--resume` skips them.
+run killed at any moment keeps every finished pair; `--resume` skips them. The file
+carries its schema version (coa.sqlite): opening it for writing brings an older store up
+to date, and a store made by a newer coa is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from coa.errors import InputError
+from coa.sqlite import Migration, migrate, migrated_copy
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+RUNS = """
+CREATE TABLE runs (
     dataset TEXT PRIMARY KEY,
     config TEXT NOT NULL            -- JSON: model, window, seed, options, version, git hash, ...
-);
-CREATE TABLE IF NOT EXISTS results (
+)"""
+RESULTS = """
+CREATE TABLE results (
     dataset TEXT NOT NULL,
     example TEXT NOT NULL,
     strategy TEXT NOT NULL,
@@ -39,8 +43,14 @@ CREATE TABLE IF NOT EXISTS results (
     error TEXT,
     finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     PRIMARY KEY (dataset, example, strategy)
-);
-"""
+)"""
+
+# The schema's history, oldest first (see coa.sqlite): append, never edit a released entry.
+MIGRATIONS = (
+    Migration("runs and results", (RUNS, RESULTS)),
+)
+# Stores made before versions were recorded are unstamped and hold version 1's tables.
+UNVERSIONED = 1
 
 COLUMNS = ("dataset", "example", "strategy", "position", "prediction", "refs", "metric", "score", "document_tokens",
            "calls", "prompt_tokens", "completion_tokens", "seconds", "meta", "trace", "error")
@@ -66,9 +76,13 @@ class Store:
                 raise sqlite3.DatabaseError(f"it has tables {', '.join(sorted(tables))} and no results")
             if read_only and not tables:
                 raise InputError(f"{self.path}: holds no results")
-            if not read_only:
+            if read_only:
+                # A reader never migrates the file (it may be a running eval's, or in a directory
+                # it cannot write): an older store is read through a migrated copy in memory.
+                self.db = migrated_copy(self.db, MIGRATIONS, str(self.path), unversioned=UNVERSIONED)
+            else:
                 self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.executescript(SCHEMA)
+                migrate(self.db, MIGRATIONS, str(self.path), unversioned=UNVERSIONED)
         except OSError as e:
             raise InputError(f"--out {directory}: cannot create the results store there ({e.strerror})") from None
         except sqlite3.DatabaseError as e:
@@ -106,7 +120,7 @@ class Store:
         cursor = self.db.execute(f"SELECT {', '.join(columns)} FROM results {where} ORDER BY dataset, position, strategy", args)
         result = []
         for values in cursor:
-            row = dict(zip(columns, values))
+            row = dict(zip(columns, values, strict=True))
             for key in ("refs", "meta", "trace"):
                 if row.get(key) is not None:
                     row[key] = json.loads(row[key])
@@ -121,10 +135,10 @@ def _create(path: Path) -> None:
     """A new store, made beside `path` and renamed into place: whoever looks (a report, a test
     waiting for rows) never finds the file without its tables."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    db = sqlite3.connect(temporary)
+    db = sqlite3.connect(temporary, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
+        migrate(db, MIGRATIONS, str(path))
     finally:
         db.close()  # folds the WAL into the file and removes it
     os.replace(temporary, path)
