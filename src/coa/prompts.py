@@ -4,14 +4,18 @@
 differently) holds a `system` text and a `user` template. `tasks.yaml` holds, per
 task kind, the requirement given to whichever call writes the final answer and that
 call's generation limit, so every strategy answers in the same format and length.
-A prompts directory given by the user is searched before the package's own.
+
+Every file is found through one Jinja loader: a prompts directory given by the user
+first, then the package's own. The loader serves the YAML files and the blocks their
+templates share (`common/blocks.j2`, imported with `{% from ... import ... %}`), so a
+directory can override a whole prompt file or a shared block file alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 import jinja2
@@ -21,9 +25,6 @@ from coa.errors import ConfigError
 from coa.fence import fence
 from coa.models.base import Messages
 
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-_ENV.filters["fence"] = fence  # {{ chunk | fence }}: text from outside between tags it cannot forge
-
 
 @dataclass(frozen=True)
 class Prompt:
@@ -32,8 +33,13 @@ class Prompt:
     user: jinja2.Template
 
     def render(self, **values: object) -> Messages:
+        # Shared blocks are loaded as the template renders, so their errors show up here.
         try:
             user = self.user.render(**values).strip()
+        except jinja2.TemplateNotFound as e:
+            raise ConfigError(f"prompt {self.name}: no prompt file {e.name}") from None
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError(f"prompt {self.name}: {e.name} is malformed: {e.message} (line {e.lineno})") from None
         except jinja2.UndefinedError as e:
             raise ConfigError(f"prompt {self.name}: {e.message}") from None
         return [{"role": "system", "content": self.system.strip()}, {"role": "user", "content": user}]
@@ -56,7 +62,7 @@ def load_prompt(strategy: str, role: str, kind: str | None = None, directory: Pa
                 system, user = data.get("system", ""), data["user"]
                 if not (isinstance(system, str) and isinstance(user, str)):
                     raise TypeError("system and user must be texts")
-                return Prompt(name=name, system=system, user=_ENV.from_string(user))
+                return Prompt(name=name, system=system, user=_environment(directory).from_string(user))
             except (yaml.YAMLError, jinja2.TemplateSyntaxError, KeyError, TypeError, AttributeError) as e:
                 raise ConfigError(f"prompt {name} is malformed: {e}") from None
     raise ConfigError(f"no prompt file {names[0]}")
@@ -80,18 +86,34 @@ def task_format(kind: str, directory: Path | None = None) -> TaskFormat:
 
 
 def _read(name: str, directory: Path | None) -> str | None:
-    path = directory / name if directory is not None else None
-    if path is not None and path.is_file():
+    environment = _environment(directory)
+    try:
+        return environment.loader.get_source(environment, name)[0]  # type: ignore[union-attr]  # always set
+    except jinja2.TemplateNotFound:
+        return None
+
+
+@cache
+def _environment(directory: Path | None) -> jinja2.Environment:
+    packaged = jinja2.PackageLoader("coa", "prompts")
+    loader = jinja2.ChoiceLoader([_Directory(directory), packaged]) if directory is not None else packaged
+    environment = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
+                                     autoescape=False)
+    environment.filters["fence"] = fence  # {{ chunk | fence }}: text from outside between tags it cannot forge
+    return environment
+
+
+class _Directory(jinja2.FileSystemLoader):
+    """A user's prompts directory: a file there that cannot be read is one clear error,
+    not a fall back to the package's file of the same name."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        path = Path(self.searchpath[0]) / template
         try:
-            return path.read_text(encoding="utf-8")
+            return super().get_source(environment, template)
+        except jinja2.TemplateNotFound:
+            raise  # not overridden: the package's file is used
         except UnicodeDecodeError:
             raise ConfigError(f"{path} is not UTF-8 text") from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    return _packaged(name)
-
-
-@cache
-def _packaged(name: str) -> str | None:
-    path = resources.files("coa").joinpath("prompts", *name.split("/"))
-    return path.read_text(encoding="utf-8") if path.is_file() else None
