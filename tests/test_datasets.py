@@ -122,6 +122,8 @@ def test_code_next_line_from_real_python_files(tmp_path, data):
 def test_unknown_datasets_and_options_are_refused(data):
     with pytest.raises(ConfigError, match="unknown dataset"):
         examples("squad", data)
+    with pytest.raises(ConfigError, match="unknown dataset 'nia'; did you mean 'niah'?"):
+        examples("nia", data)
     with pytest.raises(ConfigError, match="no option colour"):
         examples("qmsum", data, colour="red")
     with pytest.raises(InputError, match="not found"):

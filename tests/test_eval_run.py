@@ -187,6 +187,6 @@ def test_a_scoring_failure_is_the_pairs_error_and_keeps_its_answer():
     example = Example("e1", Task("Some text about a box. " * 20, "Where?"), ["box"], metric="no-such-metric")
     row = asyncio.run(run_pair("mine", 0, example, StrategySpec.parse("vanilla"), ScriptedModel(["in the box"]),
                                Config(window=1024)))
-    assert row["error"].startswith("scoring failed: KeyError") and "no-such-metric" in row["error"]
+    assert row["error"].startswith("scoring failed: ConfigError") and "no-such-metric" in row["error"]
     assert row["score"] is None and row["prediction"] == "in the box"
     assert row["calls"] == 1 and row["trace"]["answer"] == "in the box"  # the work is kept for the report

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from coa.errors import ConfigError
 from coa.eval.metrics import METRICS, score
 
 
@@ -63,5 +64,7 @@ def test_every_metric_is_bounded_and_unknown_ones_are_refused():
     for name in METRICS:
         value = score(name, "some prediction 1", ["some reference 1"])
         assert 0.0 <= value <= 1.0 and not math.isnan(value)
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError, match="unknown metric 'bleu'"):
         score("bleu", "a", ["a"])
+    with pytest.raises(ConfigError, match="did you mean 'qa_f1'"):
+        score("qa-f1", "a", ["a"])

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from coa import Config, ConfigError, Kind, ScriptedModel, Task
 from coa.fence import fence
 from coa.models.base import count_prompt
-from coa.strategies import REGISTRY, get_strategy
+from coa.strategies import STRATEGIES, get_strategy
 from coa.strategies.base import parse_options, parse_pairs
 from coa.strategies.hierarchical import read_worker
 from coa.strategies.mapreduce import read_finding
@@ -40,9 +40,9 @@ def run(name, task, *, window=600, cu=40, reply=None, outputs=(), concurrency=1,
     return model, result
 
 
-def test_the_registry_lists_every_strategy():
-    assert NAMES == [name for name in REGISTRY if name in NAMES]
-    assert all(REGISTRY[name].description for name in NAMES)
+def test_the_registry_lists_every_strategy_by_name():
+    assert [name for name in STRATEGIES if name in NAMES] == sorted(NAMES)
+    assert all(entry.description == entry.obj.description for entry in STRATEGIES.items() if entry.name in NAMES)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -301,7 +301,8 @@ def test_mapreduce_reads_structured_output():
 # -- options and concurrency ----------------------------------------------------------------------
 def test_options_are_parsed_and_checked():
     coa = get_strategy("coa")
-    assert parse_options(coa, parse_pairs(["order=rtl", "manager=false", "grounding=auto"])) == coa.Options("rtl", False, True, None)
+    assert parse_options(coa, parse_pairs(["order=rtl", "manager=false", "grounding=auto"])) == coa.Options(
+        order="rtl", manager=False, guard=True, grounding=None)
     with pytest.raises(ConfigError, match="no option 'depth'"):
         parse_options(coa, {"depth": "2"})
     with pytest.raises(ConfigError, match="not one of ltr, rtl, perm"):
@@ -312,6 +313,43 @@ def test_options_are_parsed_and_checked():
         parse_pairs(["order"])
     with pytest.raises(ConfigError, match="unknown strategy 'fast'"):
         get_strategy("fast")
+
+
+def test_the_option_schema_takes_command_line_text_and_python_values_alike():
+    multipath = get_strategy("coa-multipath")
+    text = parse_options(multipath, {"paths": "perm", "n": "3", "sample_temperature": "0.5", "guard": "off", "grounding": "true"})
+    values = parse_options(multipath, {"paths": "perm", "n": 3, "sample_temperature": 0.5, "guard": False, "grounding": True})
+    assert text == values and (text.n, text.guard, text.grounding) == (3, False, True)
+    assert parse_options(multipath, {"grounding": "auto"}).grounding is None  # optional fields take "auto" for None
+    assert parse_options(multipath, {"grounding": None}).grounding is None
+    assert parse_options(get_strategy("rag"), {"chunk-words": "40"}).chunk_words == 40
+    with pytest.raises(ValueError):  # options are settled once parsed
+        text.n = 4
+    schema = multipath.Options.model_json_schema()["properties"]["n"]  # what a JSON body is checked against
+    assert (schema["minimum"], schema["maximum"], schema["default"]) == (1, 16, 5) and schema["description"]
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("coa-multipath", {"n": "0"}, "option n must be 1 to 16, not 0"),
+    ("coa-multipath", {"n": 17}, "option n must be 1 to 16, not 17"),
+    ("coa-multipath", {"n": 2.5}, "option n: 2.5 is not a valid int"),
+    ("coa-multipath", {"sample_temperature": "nan"}, "option sample_temperature must be a finite number of 0 or more, not nan"),
+    ("coa-multipath", {"sample_temperature": float("inf")}, "option sample_temperature must be a finite number of 0 or more, not inf"),
+    ("coa-multipath", {"sample_temperature": -0.1}, "option sample_temperature must be a finite number of 0 or more, not -0.1"),
+    ("coa-multipath", {"guard": "auto"}, "option guard: 'auto' is not a valid bool"),  # only optional fields are auto
+    ("coa-multipath", {"paths": "all"}, "option paths: 'all' is not one of bidir, perm, sample"),
+    ("coa-multipath", {"n": "0", "depth": 1},
+     "option n must be 1 to 16, not 0; strategy coa-multipath has no option 'depth' "
+     "(its options: combine, grounding, guard, n, paths, sample_temperature)"),
+    ("rag", {"chunk_words": "0"}, "option chunk_words must be 1 or more, not 0"),
+    ("hierarchical", {"fan_in": "2"}, "strategy hierarchical has no option 'fan_in' (its options: none)"),
+])
+def test_option_errors_are_one_line_in_the_cli_words(name, options, message):
+    with pytest.raises(ConfigError) as error:
+        parse_options(get_strategy(name), options)
+    assert str(error.value) == message
+    with pytest.raises(ConfigError):  # the Python API checks them the same way
+        get_strategy(name)(ScriptedModel(), options=options)
 
 
 class SlowModel(ScriptedModel):

@@ -1,8 +1,6 @@
-"""`coa strategies` and `coa models`: what is available."""
+"""`coa strategies`, `coa models` and `coa datasets`: what is available, plugins included."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import click
 
@@ -11,24 +9,25 @@ from coa.cli import cli
 
 @cli.command()
 def strategies() -> None:
-    """List the strategies and their options."""
-    from coa.strategies import REGISTRY, get_strategy
+    """List the strategies and their options (type, default, meaning)."""
+    from coa.strategies import STRATEGIES
+    from coa.strategies.options import option_type
 
-    get_strategy("coa")  # loads the built-in strategies
-    for name, cls in REGISTRY.items():
-        click.echo(f"{name:<15} {cls.description}")
-        for field in dataclasses.fields(cls.Options):
-            click.echo(f"{'':<17}{field.name}={field.default}")
+    for entry in STRATEGIES.items():
+        click.echo(f"{entry.name:<15} {entry.description}{_origin(entry)}")
+        for key, field in entry.obj.Options.model_fields.items():
+            setting = f"{key}={_text(field.default)}"
+            click.echo(f"{'':<17}{setting:<22} {option_type(field):<20} {field.description or ''}".rstrip())
 
 
 @cli.command()
 def models() -> None:
     """List the model backends and the embedded model's file."""
     from coa.models.llamacpp import describe_embedded
-    from coa.models.registry import BACKENDS
+    from coa.models.registry import BACKENDS, form
 
-    for backend in BACKENDS:
-        click.echo(f"{backend.form:<14} {backend.description}")
+    for entry in BACKENDS.items():
+        click.echo(f"{form(entry.name, entry.obj):<14} {entry.description}{_origin(entry)}")
     click.echo()
     for key, value in describe_embedded().items():
         click.echo(f"embedded {key}: {value}")
@@ -37,8 +36,20 @@ def models() -> None:
 @cli.command()
 def datasets() -> None:
     """List the evaluation datasets (`coa eval --dataset NAME`)."""
-    from coa.eval.datasets import DATASETS, load_builtin
+    from coa.eval.datasets import DATASETS
 
-    load_builtin()
-    for name, (_, description) in DATASETS.items():
-        click.echo(f"{name:<10} {description}")
+    for entry in DATASETS.items():
+        click.echo(f"{entry.name:<10} {entry.description}{_origin(entry)}")
+
+
+def _origin(entry) -> str:
+    return f" [plugin: {entry.plugin}]" if entry.plugin else ""
+
+
+def _text(value: object) -> str:
+    """A default as it is written on the command line."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else '""'

@@ -1,5 +1,7 @@
 """LongBench-compatible metrics, registered by name. Each scores one prediction against
-its references and keeps the best match; scores are in [0, 1]."""
+its references and keeps the best match; scores are in [0, 1]. Other packages add metrics
+through the `chainofagents.metrics` entry point group: a function
+`(prediction, reference, **context) -> float`."""
 
 from __future__ import annotations
 
@@ -12,24 +14,17 @@ from functools import cache
 from rapidfuzz import fuzz
 
 from coa.answers import choice_letter, normalize_answer
+from coa.registry import Registry
 
 Metric = Callable[..., float]  # (prediction, reference, **context) -> score
-METRICS: dict[str, Metric] = {}
-
-
-def metric(name: str):
-    def register(fn: Metric) -> Metric:
-        METRICS[name] = fn
-        return fn
-
-    return register
+METRICS: Registry[Metric] = Registry("metric", "chainofagents.metrics")  # the built-ins are below
+metric = METRICS.register
 
 
 def score(name: str, prediction: str, references: Sequence[str], **context) -> float:
     """The best score of `prediction` over `references` by metric `name`."""
-    if name not in METRICS:
-        raise KeyError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
-    return max((METRICS[name](prediction, r, **context) for r in references), default=0.0)
+    fn = METRICS.get(name)
+    return max((fn(prediction, r, **context) for r in references), default=0.0)
 
 
 @metric("qa_f1")
@@ -45,6 +40,7 @@ def qa_f1(prediction: str, reference: str, **context) -> float:
 
 @metric("exact_match")
 def exact_match(prediction: str, reference: str, **context) -> float:
+    """1 when prediction and reference are equal after SQuAD normalisation."""
     return float(normalize_answer(prediction) == normalize_answer(reference))
 
 
@@ -119,5 +115,6 @@ def retrieval(prediction: str, reference: str, **context) -> float:
 
 @metric("count")
 def count(prediction: str, reference: str, **context) -> float:
+    """LongBench's count_score: the share of numbers in the prediction equal to the reference."""
     numbers = re.findall(r"\d+", prediction)
     return sum(n == str(reference) for n in numbers) / len(numbers) if numbers else 0.0

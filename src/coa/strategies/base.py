@@ -1,21 +1,21 @@
-"""What every strategy shares: the interface, the registry, options, and a Session that
-makes, checks, times and records the calls of one run."""
+"""What every strategy shares: the interface, the registry, and a Session that makes, checks,
+times and records the calls of one run. Options are in `options`."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from coa.chunking import Chunk, chunk_text
 from coa.config import Config
 from coa.errors import ConfigError, ContextOverflowError
 from coa.models.base import Messages, Model, count_prompt, truncate_to_tokens
 from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
+from coa.registry import Registry
+from coa.strategies.options import NoOptions, Options, parse_options, parse_pairs  # noqa: F401  (callers import them from here)
 from coa.task import Call, Kind, Result, Task
 
 MIN_CHUNK_TOKENS = 32  # below this a call sees too little text to be worth making
@@ -41,25 +41,20 @@ def ignore(_: Progress) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class NoOptions:
-    pass
-
-
 class Strategy:
     """A way to solve a Task with a model. Subclasses set `name`, `description`,
-    `Options` (a dataclass of their `--opt` settings) and implement `solve`."""
+    `Options` (an `Options` model of their `--opt` settings) and implement `solve`."""
 
     name: ClassVar[str]
     description: ClassVar[str]
-    Options: ClassVar[type] = NoOptions
+    Options: ClassVar[type[Options]] = NoOptions
 
     def __init__(
         self,
         model: Model,
         config: Config = Config(),
         observer: Observer = ignore,
-        options: Mapping[str, Any] | object | None = None,
+        options: Mapping[str, Any] | Options | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -72,7 +67,7 @@ class Strategy:
     async def arun(self, task: Task) -> Result:
         session = Session(self.model, self.config, self.observer)
         answer, settings = await self.solve(session, task)
-        settings = {**dataclasses.asdict(self.options), **settings}
+        settings = {**self.options.model_dump(), **settings}
         return session.result(answer, self.name, task, settings)
 
     async def solve(self, session: Session, task: Task) -> tuple[str, dict[str, Any]]:
@@ -80,72 +75,16 @@ class Strategy:
         raise NotImplementedError
 
 
-REGISTRY: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "chainofagents.strategies", package="coa.strategies")
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator of the built-in strategies: registers `cls` under its `name`."""
+    return STRATEGIES.register(cls.name, cls.description)(cls)
 
 
 def get_strategy(name: str) -> type[Strategy]:
-    from coa import strategies  # noqa: F401  (registers the built-in strategies)
-
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; choose from: {', '.join(sorted(REGISTRY))}") from None
-
-
-def parse_options(strategy: Strategy | type[Strategy], given: Mapping[str, Any]):
-    """The strategy's Options from `key: value` pairs, with values given as text or as Python values."""
-    cls = strategy.Options
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {}
-    for key, raw in given.items():
-        key = key.replace("-", "_")
-        if key not in fields:
-            known = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"strategy {strategy.name} has no option {key!r} (its options: {known})")
-        values[key] = _convert(key, raw, hints[key])
-    return cls(**values)
-
-
-def parse_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """`["k=v", ...]` from the command line as a dict."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--opt {pair!r}: expected key=value")
-        options[key.strip()] = value.strip()
-    return options
-
-
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
-
-
-def _convert(key: str, raw: Any, hint: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    text = raw.strip().lower()
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is Literal:
-        if raw not in args:
-            raise ConfigError(f"option {key}: {raw!r} is not one of {', '.join(map(str, args))}")
-        return raw
-    if type(None) in args and text in ("auto", "none", ""):
-        return None
-    base = next((a for a in args if a is not type(None)), hint)
-    try:
-        if base is bool:
-            if text not in _TRUE | _FALSE:
-                raise ValueError
-            return text in _TRUE
-        return base(raw)
-    except ValueError:
-        raise ConfigError(f"option {key}: {raw!r} is not a valid {getattr(base, '__name__', base)}") from None
+    return STRATEGIES.get(name)
 
 
 class Session:

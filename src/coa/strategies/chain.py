@@ -8,12 +8,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import Field
+
 from coa.answers import is_refusal
 from coa.chunking import Chunk
 from coa.errors import ContextOverflowError
 from coa.grounding import grounded
 from coa.models.base import Messages, truncate_to_tokens
 from coa.strategies.base import MIN_CHUNK_TOKENS, Session, Strategy, query_text, register
+from coa.strategies.options import Options
 from coa.task import Kind, Task
 
 RECHUNK_FACTOR = 0.75  # after an overflow, chunks are re-split this much smaller
@@ -22,12 +25,11 @@ MAX_RECHUNKS = 3
 Order = Literal["ltr", "rtl", "perm"]
 
 
-@dataclass(frozen=True)
-class ChainOptions:
-    order: Order = "ltr"  # left to right, right to left, or a seeded random permutation
-    manager: bool = True  # False: the last worker's CU is the answer (the paper's ablation)
-    guard: bool = True  # a refusal-only worker output does not replace the CU (chain collapse)
-    grounding: bool | None = None  # keep only CU sentences the sources support; None: on for QA kinds
+class ChainOptions(Options):
+    order: Order = Field("ltr", description="workers left to right, right to left, or in a permutation seeded by --seed")
+    manager: bool = Field(True, description="false: the last worker's CU is the answer (the paper's ablation)")
+    guard: bool = Field(True, description="a refusal-only worker output does not replace the CU (chain collapse)")
+    grounding: bool | None = Field(None, description="keep only CU sentences the sources support; auto: on for QA kinds")
 
 
 @dataclass

@@ -8,9 +8,7 @@ import re
 
 from coa.answers import is_refusal
 from coa.models.base import Messages
-from coa.strategies.base import (
-    Session, Strategy, combine_messages, fit_notes, groups, item_costs, query_text, register,
-)
+from coa.strategies.base import Session, Strategy, combine_messages, fit_notes, groups, item_costs, query_text, register
 from coa.strategies.merge import combine_with_manager
 from coa.task import Task
 

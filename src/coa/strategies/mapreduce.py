@@ -8,10 +8,12 @@ import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from pydantic import Field
+
 from coa.answers import is_refusal, majority, vote_key
-from coa.models.base import Messages
-from coa.models.base import truncate_to_tokens
+from coa.models.base import Messages, truncate_to_tokens
 from coa.strategies.base import Session, Strategy, groups, item_costs, query_text, register
+from coa.strategies.options import Options
 from coa.task import Task
 
 _FIELD = re.compile(
@@ -57,9 +59,8 @@ def shortened(session: Session, finding: Finding, tokens: int) -> Finding:
                    rationale=cut(finding.rationale, tokens // 4), answer=cut(finding.answer, tokens // 4))
 
 
-@dataclass(frozen=True)
-class MapReduceOptions:
-    reduce: Literal["llm", "vote"] = "llm"  # vote: answers weighted by confidence, no reduce call
+class MapReduceOptions(Options):
+    reduce: Literal["llm", "vote"] = Field("llm", description="vote: answers weighted by confidence, no reduce call")
 
 
 @register

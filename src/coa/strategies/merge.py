@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import Field
+
 from coa.answers import is_refusal, majority, vote_key
-from coa.strategies.base import (
-    Session, Strategy, answer_messages, combine_messages, fit_notes, register,
-)
+from coa.strategies.base import Session, Strategy, answer_messages, combine_messages, fit_notes, register
+from coa.strategies.options import Options
 from coa.task import Kind, Task
 
 
-@dataclass(frozen=True)
-class MergeOptions:
-    combine: Literal["auto", "vote", "manager"] = "auto"  # auto: vote on short answers, manager for summaries
+class MergeOptions(Options):
+    combine: Literal["auto", "vote", "manager"] = Field(
+        "auto", description="auto: a vote on short answers, a manager call for summaries")
 
 
 @register

@@ -4,34 +4,27 @@ samples) whose answers a judge call or a majority vote combines."""
 from __future__ import annotations
 
 import asyncio
-import math
-from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import Field, FiniteFloat
+
 from coa.answers import majority, vote_key
-from coa.errors import ConfigError
 from coa.strategies.base import Session, Strategy, fit_notes, query_text, register
 from coa.strategies.chain import ChainOptions, manage, manager_tokens, run_chain
+from coa.strategies.options import Options
 from coa.task import Task
-
 
 MAX_PATHS = 16  # each path is a whole chain over the document: more is a typo, not a plan
 
 
-@dataclass(frozen=True)
-class MultipathOptions:
-    paths: Literal["bidir", "perm", "sample"] = "bidir"  # bidir: left-to-right and right-to-left
-    n: int = 5  # chains for perm and sample
-    combine: Literal["judge", "vote"] = "judge"
-    sample_temperature: float = 0.7
-    guard: bool = True
-    grounding: bool | None = None
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.n <= MAX_PATHS:
-            raise ConfigError(f"option n must be 1 to {MAX_PATHS} (chains to run), not {self.n}")
-        if not (math.isfinite(self.sample_temperature) and self.sample_temperature >= 0):
-            raise ConfigError(f"option sample_temperature must be a finite number of 0 or more, not {self.sample_temperature}")
+class MultipathOptions(Options):
+    paths: Literal["bidir", "perm", "sample"] = Field(
+        "bidir", description="bidir: left to right and right to left; perm: seeded permutations; sample: sampled chains")
+    n: int = Field(5, ge=1, le=MAX_PATHS, description="chains for perm and sample")
+    combine: Literal["judge", "vote"] = Field("judge", description="a judge call reads the answers, or a majority vote")
+    sample_temperature: FiniteFloat = Field(0.7, ge=0, description="temperature of the sampled chains")
+    guard: bool = Field(True, description="as coa's guard")
+    grounding: bool | None = Field(None, description="as coa's grounding")
 
 
 @register
@@ -43,7 +36,7 @@ class Multipath(Strategy):
     async def solve(self, session: Session, task: Task):
         o: MultipathOptions = self.options
         seed = self.config.seed or 0
-        chain = lambda order: ChainOptions(order, True, o.guard, o.grounding)  # noqa: E731
+        chain = lambda order: ChainOptions(order=order, guard=o.guard, grounding=o.grounding)  # noqa: E731
         plans = {  # (chain options, temperature, seed) per path
             "bidir": [(chain("ltr"), None, seed), (chain("rtl"), None, seed)],
             "perm": [(chain("perm"), None, seed + i) for i in range(o.n)],

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from coa.errors import ConfigError
 from coa.models.base import Model
 from coa.strategies.base import Session, Strategy, answer_messages, query_text, register
+from coa.strategies.options import Options
 from coa.task import Kind, Task
 
 PSEUDO_QUERY = "What is the summary of the whole text?"  # the paper's query for query-less tasks
 _WORD = re.compile(r"\S+")
 
 
-@dataclass(frozen=True)
-class RagOptions:
-    retriever: Literal["bm25", "dense"] = "bm25"
-    chunk_words: int = 300
-    embed_model: str = ""  # dense: the embedding model's name on an OpenAI-compatible server
-    embed_url: str = ""  # dense: that server's base URL (default: the chat model's server)
+class RagOptions(Options):
+    retriever: Literal["bm25", "dense"] = Field("bm25", description="BM25, or embeddings from embed_model")
+    chunk_words: int = Field(300, ge=1, description="words per passage")
+    embed_model: str = Field("", description="dense: the embedding model's name on an OpenAI-compatible server")
+    embed_url: str = Field("", description="dense: that server's base URL (default: the chat model's server and key)")
 
 
 @register
@@ -33,8 +33,6 @@ class Rag(Strategy):
 
     async def solve(self, session: Session, task: Task):
         options: RagOptions = self.options
-        if options.chunk_words < 1:
-            raise ConfigError("option chunk_words must be at least 1")
         room, limit = session.split_room(answer_messages(session, task, ""), task, "rag")
         passages = word_passages(task.document, options.chunk_words)
         query = task.query or (query_text(task) if task.kind is Kind.CODE else PSEUDO_QUERY)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from pydantic import Field
 
 from coa.models.base import truncate_to_tokens
 from coa.strategies.base import Session, Strategy, answer_messages, register
+from coa.strategies.options import Options
 from coa.task import Task
 
 
-@dataclass(frozen=True)
-class VanillaOptions:
-    truncate: Literal["middle", "head", "tail"] = "middle"  # which part of an overlong document goes
+class VanillaOptions(Options):
+    truncate: Literal["middle", "head", "tail"] = Field("middle", description="the part of an overlong document dropped")
 
 
 @register

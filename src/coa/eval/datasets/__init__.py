@@ -1,7 +1,11 @@
 """Datasets by name. A loader turns options into Examples: a Task, its references and how to score it.
 
-    @dataset("niah")
+    @dataset("niah", "needle in a haystack: ...")
     def niah(source: Source) -> Iterator[Example]: ...
+
+Built-in loaders live in the modules of this package, one family each; other packages add
+theirs through the `chainofagents.datasets` entry point group (a loader function; its
+docstring describes it).
 
 `Source` carries the data directory, the loader's options (`--opt key=value`), the
 seed, and the evaluated model's token counter (lengths are in that model's tokens).
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from coa.errors import ConfigError, InputError
+from coa.registry import Registry
 from coa.task import Task
 
 
@@ -61,20 +66,8 @@ class Source:
 
 
 Loader = Callable[[Source], Iterator[Example]]
-DATASETS: dict[str, tuple[Loader, str]] = {}
-
-
-def dataset(name: str, description: str):
-    def register(loader: Loader) -> Loader:
-        DATASETS[name] = (loader, description)
-        return loader
-
-    return register
-
-
-def load_builtin() -> None:
-    """Register the built-in datasets."""
-    from coa.eval.datasets import code, hotpotqa, jsonl, leval, niah, qmsum  # noqa: F401
+DATASETS: Registry[Loader] = Registry("dataset", "chainofagents.datasets", package="coa.eval.datasets")
+dataset = DATASETS.register
 
 
 def default_data_dir() -> Path:
@@ -84,13 +77,11 @@ def default_data_dir() -> Path:
 def load(name: str, *, data_dir: Path | None, options: dict[str, str], seed: int,
          count_tokens: Callable[[str], int], limit: int | None = None) -> list[Example]:
     """The examples of dataset `name` ("niah", "leval:quality", "jsonl:PATH", ...), at most `limit`."""
-    load_builtin()
     family, _, argument = name.partition(":")
-    if family not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose from: {', '.join(sorted(DATASETS))}")
+    loader = DATASETS.get(family)
     source = Source(data_dir or default_data_dir(), dict(options), seed, count_tokens, argument)
     examples, ids = [], set()
-    for example in DATASETS[family][0](source):
+    for example in loader(source):
         if example.id in ids:  # results are stored by id: a second example would overwrite the first
             raise InputError(f"dataset {name}: example id {example.id!r} is used twice")
         ids.add(example.id)
