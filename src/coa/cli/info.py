@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from coa.cli import cli
+from coa.errors import CoaError
 
 
 @cli.command()
@@ -29,7 +30,12 @@ def models() -> None:
     for entry in BACKENDS.items():
         click.echo(f"{form(entry.name, entry.obj):<14} {entry.description}{_origin(entry)}")
     click.echo()
-    for key, value in describe_embedded().items():
+    try:
+        described = describe_embedded()
+    except CoaError as e:  # a core install without the [embedded] extra: say so, list the rest
+        click.echo(f"embedded: not available ({e})")
+        return
+    for key, value in described.items():
         click.echo(f"embedded {key}: {value}")
 
 

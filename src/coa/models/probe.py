@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 
 from coa.errors import ConfigError, ModelError
+from coa.extras import missing
 from coa.models.llamabuild import REBUILD_HINT, cache_root
 
 TIMEOUT = 300  # seconds for the child to load the model and write a couple of tokens
@@ -51,7 +52,7 @@ def _cpu() -> str:
 def _library_files() -> list[Path]:
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("llama-cpp-python is not installed: pip install llama-cpp-python")
+        raise missing("running a GGUF model in-process", "embedded")
     lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
     return sorted(lib.glob("*")) if lib.is_dir() else []
 
@@ -63,8 +64,9 @@ def _stamp(path: Path) -> str:
 
 def verdict_path(model_path: Path) -> Path:
     """Where a success is recorded for this machine, Python, library build and model file."""
+    libraries = _library_files()  # first: without llama-cpp-python, the line that says how to get it
     parts = [_cpu(), sys.executable, importlib.metadata.version("llama-cpp-python")]
-    parts += [_stamp(p) for p in [*_library_files(), Path(model_path)]]
+    parts += [_stamp(p) for p in [*libraries, Path(model_path)]]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     return cache_root() / "probe" / f"{key}.json"
 
