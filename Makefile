@@ -39,8 +39,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
+# Style and correctness (ruff) everywhere, types (mypy, with pydantic's plugin) in the library.
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/coa
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -59,7 +59,7 @@ def test_no_prompt_ever_exceeds_the_window(sentences, window, cu_tokens, output_
     except ConfigError:
         return  # a window too small for this prompt is refused up front, never overrun
     assert len(model.prompts) == len(result.calls)
-    for messages, max_tokens in zip(model.prompts, model.max_tokens):
+    for messages, max_tokens in zip(model.prompts, model.max_tokens, strict=False):
         assert count_prompt(model, messages) + max_tokens <= window
 
 
@@ -91,7 +91,7 @@ def test_workers_read_every_chunk_in_order_once():
     model, coa = chain()
     result = coa.run(Task(text, "What happened?"))
     spans = [c.span for c in result.workers]
-    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
     assert sentences_read(model) == list(range(80))
 
 

@@ -31,7 +31,7 @@ def examples(name, data, seed=0, limit=None, **options):
 
 def test_niah_grid_is_deterministic_and_puts_the_needle_where_it_says(data):
     grid = examples("niah", data, haystack="books", lengths="500,1000", depths="0,0.5,1")
-    assert [(e.meta["length"], e.meta["depth"]) for e in grid] == [(l, d) for l in (500, 1000) for d in (0, 0.5, 1)]
+    assert [(e.meta["length"], e.meta["depth"]) for e in grid] == [(n, d) for n in (500, 1000) for d in (0, 0.5, 1)]
     again = examples("niah", data, haystack="books", lengths="500,1000", depths="0,0.5,1")
     assert [e.task.document for e in grid] == [e.task.document for e in again]
     other_seed = examples("niah", data, seed=1, haystack="books", lengths="500,1000", depths="0,0.5,1")

@@ -58,7 +58,7 @@ def test_no_strategy_sends_a_prompt_beyond_the_window(name, sentences, window, w
     task = Task(document(sentences), "What happened?" if kind is Kind.QA else None, kind)
     result = get_strategy(name)(model, Config(window=window, max_cu_tokens=50)).run(task)
     assert len(model.prompts) == len(result.calls) == result.usage.calls
-    for messages, max_tokens in zip(model.prompts, model.max_tokens):
+    for messages, max_tokens in zip(model.prompts, model.max_tokens, strict=False):
         assert count_prompt(model, messages) + max_tokens <= window
     assert result.usage.prompt_tokens == sum(count_prompt(model, m) for m in model.prompts)
 
@@ -246,7 +246,7 @@ def test_hierarchical_merges_up_a_tree_when_notes_do_not_fit():
     model, result = run("hierarchical", Task(document(400), "Who?"), reply=reply, window=500)
     roles = [c.role for c in result.calls]
     assert "merge" in roles and roles[-1] == "manager" and result.settings["merge_levels"] >= 1
-    for messages, max_tokens in zip(model.prompts, model.max_tokens):
+    for messages, max_tokens in zip(model.prompts, model.max_tokens, strict=False):
         assert count_prompt(model, messages) + max_tokens <= 500
 
 
@@ -288,7 +288,7 @@ def test_mapreduce_collapses_groups_until_they_fit():
     model, result = run("mapreduce", Task(document(400), "Who?"), reply=reply, window=500)
     roles = [c.role for c in result.calls]
     assert "collapse" in roles and roles[-1] == "manager" and result.settings["collapse_levels"] >= 1
-    for messages, max_tokens in zip(model.prompts, model.max_tokens):
+    for messages, max_tokens in zip(model.prompts, model.max_tokens, strict=False):
         assert count_prompt(model, messages) + max_tokens <= 500
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import string
-from collections import Counter
 from collections.abc import Sequence
 
 from coa.task import LETTERS, Kind
@@ -83,8 +82,8 @@ def majority(answers: Sequence[str], keys: Sequence[str], weights: Sequence[floa
     """The answer whose key has the most (weighted) votes; ties go to the earliest answer."""
     if not answers:
         return ""
-    totals: Counter[str] = Counter()
-    for key, weight in zip(keys, weights or [1.0] * len(keys)):
-        totals[key] += weight
+    totals: dict[str, float] = {}
+    for key, weight in zip(keys, weights or [1.0] * len(keys), strict=False):
+        totals[key] = totals.get(key, 0.0) + weight
     best = max(totals.values())
-    return next(a for a, k in zip(answers, keys) if totals[k] == best)
+    return next(a for a, k in zip(answers, keys, strict=False) if totals[k] == best)

@@ -101,7 +101,7 @@ def _units(text: str, lines: bool) -> Iterator[tuple[int, int]]:
         splitter = _sentence_splitter()
         found = {a + s for a, b in _blocks(text) for s, _ in splitter.span_tokenize(text[a:b])}
         starts = [0] + sorted(s for s in found if s > 0)
-    for a, b in zip(starts, starts[1:] + [len(text)]):
+    for a, b in zip(starts, starts[1:] + [len(text)], strict=False):
         if b > a:
             yield a, b
 

@@ -8,6 +8,7 @@ from rich.markup import escape
 from coa.strategies.base import Progress
 from coa.task import Call
 
+
 class CallPrinter:
     """Observer that shows a spinner for the running call and a line for each finished one."""
 

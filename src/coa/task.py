@@ -52,7 +52,7 @@ class Task:
 
     @property
     def lettered_choices(self) -> list[str]:
-        return [f"{letter}. {text}" for letter, text in zip(LETTERS, self.choices)]
+        return [f"{letter}. {text}" for letter, text in zip(LETTERS, self.choices, strict=False)]
 
 
 @dataclass

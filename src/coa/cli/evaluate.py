@@ -36,7 +36,8 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
              out, resume, retry_errors, rerun, seed, data_dir, opts) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
     from coa.eval.report import markdown
-    from coa.eval.runner import Evaluation, evaluate as run
+    from coa.eval.runner import Evaluation
+    from coa.eval.runner import evaluate as run
     from coa.models.registry import load_model
     from coa.strategies.base import parse_pairs
 

@@ -77,7 +77,8 @@ def rouge_l(prediction: str, reference: str, **context) -> float:
 @metric("code_sim")
 def code_sim(prediction: str, reference: str, **context) -> float:
     """Edit similarity of the first line of code (LongBench's code_sim_score)."""
-    line = next((l for l in prediction.lstrip("\n").split("\n") if l.strip() and not l.strip().startswith(("`", "#", "//"))), "")
+    lines = prediction.lstrip("\n").split("\n")
+    line = next((text for text in lines if text.strip() and not text.strip().startswith(("`", "#", "//"))), "")
     return fuzz.ratio(line.strip(), reference.strip()) / 100
 
 

@@ -26,7 +26,9 @@ class Completion:
 @runtime_checkable
 class Model(Protocol):
     name: str
-    context_window: int
+
+    @property
+    def context_window(self) -> int: ...
 
     def count_tokens(self, text: str) -> int: ...
 

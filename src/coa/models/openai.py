@@ -90,7 +90,7 @@ class OpenAIModel:
             )
         try:
             parts = urlsplit(base_url)
-            parts.port  # a malformed port raises here rather than at the first request
+            _ = parts.port  # a malformed port raises here rather than at the first request
         except ValueError:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
@@ -169,7 +169,8 @@ class OpenAIModel:
         last: list[_Retry] = []  # the latest retried failure, to name if time runs out
 
         def pause(state: RetryCallState) -> float:
-            error = state.outcome.exception()
+            error = state.outcome.exception() if state.outcome else None
+            assert isinstance(error, _Retry)  # the only failure that is retried
             last[:] = [error]
             return error.retry_after if error.retry_after is not None else BACKOFF(state)
 

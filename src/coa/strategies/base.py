@@ -16,6 +16,7 @@ from coa.models.base import Messages, Model, count_prompt, truncate_to_tokens
 from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
 from coa.registry import Registry
 from coa.strategies.options import NoOptions, Options, parse_options, parse_pairs  # noqa: F401  (callers import them from here)
+from coa.strategies.options import Options as BaseOptions
 from coa.task import Call, Kind, Result, Task
 
 MIN_CHUNK_TOKENS = 32  # below this a call sees too little text to be worth making
@@ -52,14 +53,17 @@ class Strategy:
     def __init__(
         self,
         model: Model,
-        config: Config = Config(),
+        config: Config = Config(),  # noqa: B008  (frozen: one shared default is safe)
         observer: Observer = ignore,
-        options: Mapping[str, Any] | Options | None = None,
+        options: Mapping[str, Any] | BaseOptions | None = None,
     ) -> None:
         self.model = model
         self.config = config
         self.observer = observer
-        self.options = options if isinstance(options, self.Options) else parse_options(self, options or {})
+        # Any: each strategy reads its own Options subclass's fields.
+        self.options: Any = options if isinstance(options, self.Options) else parse_options(
+            self, options.model_dump() if isinstance(options, BaseOptions) else options or {}
+        )
 
     def run(self, task: Task) -> Result:
         return asyncio.run(self.arun(task))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from coa.answers import is_refusal
 from coa.models.base import Messages
@@ -42,7 +43,7 @@ class Hierarchical(Strategy):
         while len(notes) > 1 and session.room(combine_messages(session, task, notes), root_limit) < 0:
             batches = groups(item_costs(session, lambda items: self._merge(session, task, items), notes), merge_room)
             session.plan("merge", len(batches))
-            merged = await asyncio.gather(*(
+            merged: list[Any] = await asyncio.gather(*(  # calls, and notes passed through alone
                 session.call("merge", i, self._merge(session, task, fit_notes(session, [notes[j] for j in batch], merge_room)), limit)
                 if len(batch) > 1 else _passthrough(notes[batch[0]])
                 for i, batch in enumerate(batches)

@@ -38,7 +38,7 @@ class Finding:
 
 def read_finding(text: str) -> Finding:
     """The structured map or collapse output; missing fields are empty, confidence 0."""
-    values = {}
+    values: dict[str, str] = {}
     for label, value in _FIELD.findall(text):
         label = label.lower()
         key = "confidence" if label.startswith("confidence") else {"extracted information": "information"}.get(label, label)

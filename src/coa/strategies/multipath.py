@@ -37,11 +37,13 @@ class Multipath(Strategy):
         o: MultipathOptions = self.options
         seed = self.config.seed or 0
         chain = lambda order: ChainOptions(order=order, guard=o.guard, grounding=o.grounding)  # noqa: E731
-        plans = {  # (chain options, temperature, seed) per path
+        Plan = list[tuple[ChainOptions, float | None, int]]  # (chain options, temperature, seed) per path
+        choices: dict[str, Plan] = {
             "bidir": [(chain("ltr"), None, seed), (chain("rtl"), None, seed)],
             "perm": [(chain("perm"), None, seed + i) for i in range(o.n)],
             "sample": [(chain("ltr"), o.sample_temperature, seed + i) for i in range(o.n)],
-        }[o.paths]
+        }
+        plans = choices[o.paths]
         max_tokens = manager_tokens(session, task)
 
         def judge_messages(shown: list[str]):

@@ -57,7 +57,7 @@ class Rag(Strategy):
 def word_passages(text: str, words: int) -> list[str]:
     """Consecutive slices of `text` holding `words` words each (the last may hold fewer)."""
     starts = [m.start() for m in _WORD.finditer(text)][::words]
-    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)], strict=False)]
 
 
 def bm25_scores(passages: list[str], query: str) -> list[float]:

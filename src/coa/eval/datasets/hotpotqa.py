@@ -41,7 +41,7 @@ def hotpotqa(source: Source) -> Iterator[Example]:
         rng.shuffle(distractors)
         slots = sorted(rng.sample(range(len(distractors) + len(gold)), len(gold)))
         passages = list(distractors)
-        for slot, text in zip(slots, gold):
+        for slot, text in zip(slots, gold, strict=False):
             passages.insert(slot, text)
         document = "\n\n".join(f"Passage {i + 1}:\n{text}" for i, text in enumerate(passages))
         yield Example(

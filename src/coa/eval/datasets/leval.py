@@ -26,7 +26,7 @@ def leval(source: Source) -> Iterator[Example]:
     for d, line in enumerate(source.file("leval", f"{name}.jsonl").open(encoding="utf-8")):
         row = json.loads(line)
         tokens = source.count_tokens(row["input"])
-        for q, (instruction, output) in enumerate(zip(row["instructions"], row["outputs"])):
+        for q, (instruction, output) in enumerate(zip(row["instructions"], row["outputs"], strict=False)):
             question, options = split_options(instruction)
             if row["evaluation"] == "exam" and len(options) >= 2:
                 task, metric = Task(row["input"], question, Kind.MCQ, tuple(options)), "choice"
