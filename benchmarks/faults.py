@@ -18,11 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from faultserver import FaultServer  # noqa: E402
-
 from coa import Config, Kind, Task, get_strategy  # noqa: E402
 from coa.errors import CoaError  # noqa: E402
 from coa.models.openai import OpenAIModel  # noqa: E402
+from faultserver import FaultServer  # noqa: E402
 
 WINDOW = 700
 DOCUMENT = " ".join(f"Entry {i} records that the tide at harbour {i % 7} rose {i * 3} centimetres." for i in range(60))
