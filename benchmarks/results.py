@@ -50,7 +50,9 @@ def main() -> None:
         out = args.runs / dataset.replace(":", "-")
         cmd = command(dataset, options, limit, args.strategies, out)
         if not args.tables_only:
-            subprocess.run([coa, *cmd[1:]], check=True, env={**os.environ})
+            # The shared data beside the checkout, unless COA_DATA_DIR names another place.
+            data = os.environ.get("COA_DATA_DIR") or str(HERE.parents[1] / "shared" / "data")
+            subprocess.run([coa, *cmd[1:]], check=True, env={**os.environ, "COA_DATA_DIR": data})
         report = subprocess.run([coa, "report", str(out)], check=True, capture_output=True, text=True).stdout
         PLOTS.mkdir(exist_ok=True)
         for png in sorted(out.glob("*.png")):

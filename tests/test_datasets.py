@@ -128,3 +128,16 @@ def test_unknown_datasets_and_options_are_refused(data):
         examples("qmsum", data, colour="red")
     with pytest.raises(InputError, match="not found"):
         examples("niah", data / "nowhere")
+
+
+def test_data_is_looked_for_in_the_user_data_directory_unless_told(monkeypatch, tmp_path):
+    from coa.eval.datasets import default_data_dir
+
+    monkeypatch.delenv("COA_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the working directory plays no part
+    assert default_data_dir() == tmp_path / "chainofagents" / "data"
+    with pytest.raises(InputError, match=r"else \$COA_DATA_DIR, else .*chainofagents/data"):
+        load("qmsum", data_dir=None, options={}, seed=0, count_tokens=len)
+    monkeypatch.setenv("COA_DATA_DIR", "/somewhere/else")
+    assert default_data_dir() == Path("/somewhere/else")

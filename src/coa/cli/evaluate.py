@@ -30,7 +30,7 @@ from coa.errors import CoaError, InputError
                    "e.g. after changing them (implies --resume).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dataset generators and sampling.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="COA_DATA_DIR",
-              help="Where the datasets live [env: COA_DATA_DIR; default: ../shared/data].")
+              help="Where the datasets live [env: COA_DATA_DIR; default: ~/.local/share/chainofagents/data].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
 def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_tokens, temperature, timeout, limit, concurrency,
              out, resume, retry_errors, rerun, seed, data_dir, opts) -> None:

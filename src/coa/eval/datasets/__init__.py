@@ -61,7 +61,8 @@ class Source:
     def file(self, *parts: str) -> Path:
         path = self.data_dir.joinpath(*parts)
         if not path.is_file():
-            raise InputError(f"{path}: not found (point --data-dir or COA_DATA_DIR at the data directory)")
+            raise InputError(f"{path}: not found (data is looked for in --data-dir, else $COA_DATA_DIR, else "
+                             f"{user_data_dir()}; point one of them at the data directory)")
         return path
 
 
@@ -70,8 +71,13 @@ DATASETS: Registry[Loader] = Registry("dataset", "chainofagents.datasets", packa
 dataset = DATASETS.register
 
 
+def user_data_dir() -> Path:
+    """Where datasets live when neither --data-dir nor COA_DATA_DIR says: the user's data directory."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "chainofagents" / "data"
+
+
 def default_data_dir() -> Path:
-    return Path(os.environ.get("COA_DATA_DIR", "../shared/data"))
+    return Path(os.environ["COA_DATA_DIR"]) if os.environ.get("COA_DATA_DIR") else user_data_dir()
 
 
 def load(name: str, *, data_dir: Path | None, options: dict[str, str], seed: int,
