@@ -434,8 +434,11 @@ class SlowChat(JsonHandler):
 
 def interrupt(args: list, signum: int, ready: Callable[[], bool], cwd: Path, env: dict | None = None) -> tuple[int, str]:
     """Start `coa *args`, send `signum` once `ready()`, and return its exit code and stderr."""
+    # A shell that runs a script in the background starts it with SIGINT ignored, and Python
+    # then installs no Ctrl-C handler: give the child the default, as a terminal would.
     process = subprocess.Popen([sys.executable, "-m", "coa", *map(str, args)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env={**ENV, **(env or {})}, cwd=cwd)
+                               stderr=subprocess.PIPE, env={**ENV, **(env or {})}, cwd=cwd,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err = []
     reader = threading.Thread(target=lambda: err.append(process.stderr.read()), daemon=True)
     reader.start()
