@@ -33,6 +33,14 @@ def embedded():
     return load_model("embedded", window=2048)
 
 
+@pytest.fixture
+def story(tmp_path) -> Path:
+    """A short numbered story: a document for the scripted model."""
+    path = tmp_path / "story.txt"
+    path.write_text(" ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(60)))
+    return path
+
+
 def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the real `coa` command in a subprocess."""
     return subprocess.run(

@@ -2,18 +2,9 @@
 
 import json
 
-import pytest
-
 from conftest import JsonHandler, run_cli, serve
 
 SCRIPTED = ("--model", "scripted", "--window", "400", "--max-cu-tokens", "40")
-
-
-@pytest.fixture
-def story(tmp_path):
-    path = tmp_path / "story.txt"
-    path.write_text(" ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(60)))
-    return path
 
 
 def test_ask_prints_the_answer_and_progress(story):

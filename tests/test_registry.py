@@ -174,13 +174,6 @@ def with_plugins(site, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(site))
 
 
-@pytest.fixture
-def story(tmp_path):
-    path = tmp_path / "story.txt"
-    path.write_text(" ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(40)))
-    return path
-
-
 def test_listings_show_the_plugins_and_survive_a_broken_one(with_plugins):
     result = run_cli("strategies")
     assert result.returncode == 0, result.stderr
