@@ -68,9 +68,14 @@ def test_counts_tokens_with_the_servers_tokenizer(server, embedded):
     assert model.token_counter == "/extras/tokenize/count"
 
 
+# The server runs the model on the CPU, one request at a time: on a busy machine a call can
+# take minutes, longer than the default --timeout (120 s) that suits a GPU server.
+SLOW = ("--timeout", "600")
+
+
 def test_ask_through_the_server(server, short_play):
     result = run_cli("ask", short_play, "Who is the King of Scotland?", "--model", "openai:smol",
-                     "--base-url", server, "--api-key", KEY, "--window", "2048", "--json")
+                     "--base-url", server, "--api-key", KEY, "--window", "2048", "--json", *SLOW)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["model"] == "openai:smol" and data["answer"].strip()
@@ -80,8 +85,9 @@ def test_ask_through_the_server(server, short_play):
 
 def test_environment_variables_are_the_defaults(server, short_play):
     env_run = subprocess.run(
-        [sys.executable, "-m", "coa", "ask", str(short_play), "Who?", "--model", "openai:smol", "--window", "2048", "--json"],
-        capture_output=True, timeout=600,
+        [sys.executable, "-m", "coa", "ask", str(short_play), "Who?", "--model", "openai:smol", "--window", "2048", "--json",
+         *SLOW],
+        capture_output=True, timeout=900,
         env={"PATH": "/usr/bin:/bin", "OPENAI_BASE_URL": server, "OPENAI_API_KEY": KEY},
     )
     assert env_run.returncode == 0, env_run.stderr
@@ -90,7 +96,7 @@ def test_environment_variables_are_the_defaults(server, short_play):
 def test_server_overflow_rechunks_smaller(server, short_play):
     # We claim a 4096 window; the server holds 2048 and refuses the first prompts.
     result = run_cli("ask", short_play, "Who is the King of Scotland?", "--model", "openai:smol",
-                     "--base-url", server, "--api-key", KEY, "--window", "4096", "--json")
+                     "--base-url", server, "--api-key", KEY, "--window", "4096", "--json", *SLOW)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["settings"]["rechunks"] >= 1
