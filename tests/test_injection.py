@@ -81,3 +81,17 @@ def test_control_text_in_a_document_is_tokenized_as_words(embedded):
     assert tokens == llm.tokenize(whole.encode(), add_bos=True, special=True)  # clean chats tokenize as before
     completion = embedded.complete(hostile, max_tokens=4)
     assert completion.prompt_tokens == len(embedded.prompt_tokens(hostile)[0])
+
+
+def test_fence_tags_a_model_echoes_are_not_passed_on():
+    from coa import Kind
+    from coa.fence import unfence
+    from coa.strategies.base import clean_answer
+    from coa.strategies.chain import next_cu
+
+    echoed = "Duncan, King of Scotland.\n" + fence("earlier", "summary").split("\n")[-1]
+    assert unfence(echoed).strip() == "Duncan, King of Scotland."
+    cu, _ = next_cu(echoed, "", "Duncan, King of Scotland. Then war.", None, guard=True)
+    assert cu == "Duncan, King of Scotland."
+    assert clean_answer(Kind.QA, "King Duncan.\n</summary-264d98>") == "King Duncan."
+    assert unfence("see <b>bold</b> and <document> kept") == "see <b>bold</b> and <document> kept"

@@ -10,8 +10,12 @@ server's prompt cache still sees the same prefix).
 from __future__ import annotations
 
 import hashlib
+import re
 
 KEY_CHARS = 6
+# A fence tag as `fence` writes it. Small models sometimes echo the closing tag of the text
+# they were shown at the end of their own output.
+_TAG = re.compile(r"</?[a-z]+-[0-9a-f]{6,64}>")
 
 
 def fence(text: str, name: str = "document") -> str:
@@ -22,3 +26,8 @@ def fence(text: str, name: str = "document") -> str:
         size += 2
     tag = f"{name}-{key[:size]}"
     return f"<{tag}>\n{text}\n</{tag}>"
+
+
+def unfence(text: str) -> str:
+    """`text` without any fence tags a model copied into it."""
+    return _TAG.sub("", text)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from coa.chunking import Chunk, chunk_text
 from coa.config import Config
 from coa.errors import ConfigError, ContextOverflowError
+from coa.fence import unfence
 from coa.models.base import Messages, Model, count_prompt, truncate_to_tokens
 from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
 from coa.registry import Registry
@@ -266,7 +267,8 @@ def query_text(task: Task) -> str:
 
 
 def clean_answer(kind: Kind, text: str) -> str:
-    """The answer as a user wants it: trimmed; for code, the first line of code."""
+    """The answer as a user wants it: trimmed, without echoed fence tags; for code, the first line of code."""
+    text = unfence(text)
     if kind is Kind.CODE:  # indentation is part of the line
         lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("```")]
         return lines[0] if lines else ""

@@ -13,6 +13,7 @@ from pydantic import Field
 from coa.answers import is_refusal
 from coa.chunking import Chunk
 from coa.errors import ContextOverflowError
+from coa.fence import unfence
 from coa.grounding import grounded
 from coa.models.base import Messages, truncate_to_tokens
 from coa.strategies.base import MIN_CHUNK_TOKENS, Session, Strategy, query_text, register
@@ -132,6 +133,7 @@ async def run_chain(
 
 def next_cu(output: str, previous: str, chunk: str, asked: str | None, *, guard: bool) -> tuple[str, str | None]:
     """The CU a worker passes on, and a note when a guard changed it; `asked`: the question to ground against, or None."""
+    output = unfence(output).strip()
     if guard and is_refusal(output):
         return previous, "collapse guard: refusal kept out of the CU"
     if asked is not None:
