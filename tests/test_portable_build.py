@@ -18,9 +18,9 @@ SEGFAULT = "import ctypes; ctypes.string_at(0)"  # a real SIGSEGV, as a bad buil
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COA_CACHE_DIR", str(tmp_path))
-    probe.check_runs.cache_clear()
+    probe.verdict.cache_clear()
     yield tmp_path
-    probe.check_runs.cache_clear()
+    probe.verdict.cache_clear()
 
 
 def test_wheels_are_kept_apart_by_flags_and_version(fresh_cache):
@@ -66,6 +66,13 @@ def test_a_build_that_crashes_is_one_error_naming_the_signal_and_the_fix(fresh_c
     assert "crashed on this CPU (SIGSEGV" in message and "CMAKE_ARGS=" in message and "\n" not in message
     assert not (fresh_cache / "probe").exists()  # a crash is never remembered as a pass
 
+    def no_child(*args, **kwargs):
+        raise AssertionError("a second child was started")
+
+    monkeypatch.setattr(probe.subprocess, "run", no_child)
+    with pytest.raises(ConfigError, match="SIGSEGV"):  # the same process is told again, without a child
+        probe.check_runs(embedded_model_path())
+
 
 def test_the_cli_reports_a_crashing_build_in_one_line_and_keeps_nothing_half_done(fresh_cache, tmp_path):
     trace = tmp_path / "trace.json"
@@ -86,7 +93,7 @@ def test_a_working_build_passes_once_and_is_remembered(fresh_cache, monkeypatch)
     model = embedded_model_path()
     probe.check_runs(model)
     assert len(list((fresh_cache / "probe").glob("*.json"))) == 1
-    probe.check_runs.cache_clear()
+    probe.verdict.cache_clear()
 
     def no_child(*args, **kwargs):
         raise AssertionError("the verdict was not reused")

@@ -71,27 +71,35 @@ def verdict_path(model_path: Path) -> Path:
     return cache_root() / "probe" / f"{key}.json"
 
 
-@cache  # once per process and model: a crash is reported again without another child
 def check_runs(model_path: Path) -> None:
     """Return if a tiny completion with this model runs here; else raise one clear error."""
-    verdict = verdict_path(model_path)
-    if verdict.is_file():
-        return
+    failure = verdict(model_path)
+    if failure is not None:
+        raise type(failure)(str(failure))
+
+
+@cache  # once per process and model: a crash is reported again without another child
+def verdict(model_path: Path) -> ConfigError | ModelError | None:
+    """None if the model runs here (remembered on disk), else the error that says why not."""
+    passed = verdict_path(model_path)
+    if passed.is_file():
+        return None
     try:
         child = subprocess.run([sys.executable, "-c", CHILD, str(model_path)],
                                capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise ModelError(f"a test completion with {Path(model_path).name} did not finish in {TIMEOUT} s") from None
+        return ModelError(f"a test completion with {Path(model_path).name} did not finish in {TIMEOUT} s")
     if child.returncode < 0:
         try:
             name = signal.Signals(-child.returncode).name
         except ValueError:
             name = f"signal {-child.returncode}"
-        raise ConfigError(
+        return ConfigError(
             f"the llama.cpp build crashed on this CPU ({name} in a test completion, {platform.machine()}); "
             f"rebuild it portably: {REBUILD_HINT}"
         )
     if child.returncode == 0:
-        verdict.parent.mkdir(parents=True, exist_ok=True)
-        verdict.write_text(json.dumps({"model": str(model_path), "cpu": _cpu().splitlines()[:2]}))
+        passed.parent.mkdir(parents=True, exist_ok=True)
+        passed.write_text(json.dumps({"model": str(model_path), "cpu": _cpu().splitlines()[:2]}))
     # Any other failure (an unreadable file, say) is the model loader's to report, in the parent.
+    return None
