@@ -1,6 +1,7 @@
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -39,6 +40,21 @@ def story(tmp_path) -> Path:
     path = tmp_path / "story.txt"
     path.write_text(" ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(60)))
     return path
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None,
+                                    reason="no Chromium installed (Debian package chromium; .ci/run installs it)")
+
+
+def dump_dom(url: str, profile: Path, budget_ms: int) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium with no network chatter."""
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+        capture_output=True, encoding="utf-8", timeout=120,
+    ).stdout
 
 
 def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

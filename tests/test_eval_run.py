@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import EXAMPLE_PLAY, REPO, JsonHandler, run_cli, serve
+from conftest import EXAMPLE_PLAY, REPO, JsonHandler, dump_dom, needs_chromium, run_cli, serve
 
 FIXTURES = REPO / "tests" / "fixtures"
 
@@ -151,11 +151,7 @@ def test_errors_are_recorded_and_counted(tmp_path, data):
     assert figures["vanilla"]["errors"] == 0 and figures["vanilla"]["n"] == 2
 
 
-def chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(chromium() is None, reason="no Chromium installed (Debian package chromium; .ci/run installs it)")
+@needs_chromium
 def test_html_report_opens_in_a_browser_and_shows_a_workers_cu(report_run, tmp_path):
     assert run_cli("report", report_run, "--html").returncode == 0
     page = report_run / "report.html"
@@ -164,12 +160,7 @@ def test_html_report_opens_in_a_browser_and_shows_a_workers_cu(report_run, tmp_p
     pairs = json.loads(text.split('<script id="pairs" type="application/json">')[1].split("</script>")[0])
     choice = next(i for i, p in enumerate(pairs) if p["dataset"] == "qmsum" and p["strategy"] == "coa")
     worker_cu = next(c["cu"] for c in pairs[choice]["calls"] if c["role"] == "worker")
-    dom = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", f"{page.as_uri()}#pair={choice}"],
-        capture_output=True, text=True, timeout=120,
-    ).stdout
+    dom = dump_dom(f"{page.as_uri()}#pair={choice}", tmp_path / "profile", 5000)
     trace = dom.split('id="trace"')[1]
     assert 'class="call worker"' in trace and "CU passed on" in trace
     assert worker_cu and worker_cu in trace  # the script rendered the chosen pair's worker CU

@@ -2,14 +2,13 @@
 model outputs and errors neither become markup nor break the trace browser."""
 
 import json
-import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import pytest
 
 from coa.eval.report import _browsable, html_page, plots
 from coa.eval.store import Store
+from conftest import dump_dom, needs_chromium
 
 # Each one would change the page's title if it ever ran as markup.
 IMG = """<img src=x onerror="document.title='PWNED'">"""
@@ -118,19 +117,10 @@ def test_the_trace_data_cannot_leave_its_script_and_reads_back_unchanged(page, s
     assert json.loads(data) == [_browsable(r) for r in store.rows(traces=True)]
 
 
-def chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(chromium() is None, reason="no Chromium installed (Debian package chromium; .ci/run installs it)")
+@needs_chromium
 @pytest.mark.parametrize("choice", [0, 1])  # a pair with calls, and a failed one
 def test_the_trace_browser_runs_and_shows_hostile_text_in_chromium(page, store, tmp_path, choice):
-    dom = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=2000", "--dump-dom", f"{page.as_uri()}#pair={choice}"],
-        capture_output=True, encoding="utf-8", timeout=120,
-    ).stdout
+    dom = dump_dom(f"{page.as_uri()}#pair={choice}", tmp_path / "profile", 2000)
     assert 'id="trace"' in dom, "Chromium printed no page"
     parsed = Elements(dom)
     assert_nothing_injected(parsed)  # no markup from the data, and none of its scripts ran
