@@ -7,6 +7,7 @@ models), evaluate (eval, report).
 from __future__ import annotations
 
 import math
+import signal
 import sys
 
 import click
@@ -68,6 +69,38 @@ def fail(message: str, code: int) -> None:
     """The CLI's one error line on stderr, then exit with `code`."""
     stderr.print(f"error: {' '.join(message.split())}", markup=False, soft_wrap=True)
     sys.exit(code)
+
+
+class Interrupts:
+    """While in use, SIGTERM is handled as Ctrl-C is, by whatever handles SIGINT at that moment
+    (inside `asyncio.run`, its runner cancels the main task and raises KeyboardInterrupt once the
+    tasks have unwound), and `signal` records which of the two came."""
+
+    def __init__(self) -> None:
+        self.signal = signal.SIGINT
+
+    def __enter__(self) -> Interrupts:
+        self._previous = signal.signal(signal.SIGTERM, self._terminate)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _terminate(self, signum: int, frame) -> None:
+        self.signal = signal.SIGTERM
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored or left to the system: stop all the same
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    @property
+    def what(self) -> str:
+        return "terminated (SIGTERM)" if self.signal == signal.SIGTERM else "interrupted"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal  # the shell's convention for a process ended by a signal
+
 
 
 from coa.cli import evaluate, info, run  # noqa: E402,F401  (registers the commands)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import click
 
-from coa.cli import cli, fail, model_options, stderr
-from coa.cli.run import Interrupts
+from coa.cli import Interrupts, cli, fail, model_options, stderr
 from coa.errors import CoaError, InputError
 
 

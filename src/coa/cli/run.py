@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import tempfile
 import time
 from dataclasses import asdict
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from coa.cli import cli, fail, model_options, stderr
+from coa.cli import Interrupts, cli, fail, model_options, stderr
 from coa.config import Config
 from coa.documents import read_document
 from coa.errors import CoaError, InputError
@@ -139,37 +138,6 @@ def save_partial(calls: list[Call], error: str, trace: Path | None) -> Path:
     except OSError as e:
         raise InputError(f"{error}; the {len(calls)} calls made could not be saved in {path} ({e.strerror})") from None
     return path
-
-
-class Interrupts:
-    """While in use, SIGTERM is handled as Ctrl-C is, by whatever handles SIGINT at that moment
-    (inside `asyncio.run`, its runner cancels the main task and raises KeyboardInterrupt once the
-    tasks have unwound), and `signal` records which of the two came."""
-
-    def __init__(self) -> None:
-        self.signal = signal.SIGINT
-
-    def __enter__(self) -> Interrupts:
-        self._previous = signal.signal(signal.SIGTERM, self._terminate)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def _terminate(self, signum: int, frame) -> None:
-        self.signal = signal.SIGTERM
-        handler = signal.getsignal(signal.SIGINT)
-        if not callable(handler):  # SIGINT ignored or left to the system: stop all the same
-            raise KeyboardInterrupt
-        handler(signal.SIGINT, frame)
-
-    @property
-    def what(self) -> str:
-        return "terminated (SIGTERM)" if self.signal == signal.SIGTERM else "interrupted"
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signal  # the shell's convention for a process ended by a signal
 
 
 def _print(result: Result, as_json: bool) -> None:
