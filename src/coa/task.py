@@ -71,6 +71,7 @@ class Call:
     finish_reason: str = "stop"
     path: int | None = None  # which chain of a multi-path run
     note: str | None = None  # what the strategy did with the output (guard fired, dropped, ...)
+    cached_tokens: int = 0  # of prompt_tokens, those the backend reused from its cache
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Usage:
     completion_tokens: int
     calls: int
     seconds: float  # time spent inside the model
+    cached_tokens: int = 0  # prompt tokens reused from the backend's cache, not evaluated
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Result:
             completion_tokens=sum(c.completion_tokens for c in self.calls),
             calls=len(self.calls),
             seconds=sum(c.seconds for c in self.calls),
+            cached_tokens=sum(c.cached_tokens for c in self.calls),
         )
 
     @property

@@ -21,6 +21,7 @@ class Completion:
     completion_tokens: int
     seconds: float
     finish_reason: str = "stop"  # "stop", "length" or "repetition"
+    cached_tokens: int = 0  # prompt tokens the backend reused from its cache instead of evaluating
 
 
 @runtime_checkable

@@ -198,6 +198,7 @@ class Session:
             messages=messages,
             finish_reason=completion.finish_reason,
             path=path,
+            cached_tokens=completion.cached_tokens,
         )
         self.calls.append(call)
         self.observer(Progress(role, index, total, call))
