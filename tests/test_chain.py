@@ -58,6 +58,8 @@ def test_no_prompt_ever_exceeds_the_window(sentences, window, cu_tokens, output_
         result = ChainOfAgents(model, Config(window=window, max_cu_tokens=cu_tokens)).run(task)
     except ConfigError:
         return  # a window too small for this prompt is refused up front, never overrun
+    # Budgeting got every chunk right the first time: no call was refused, nothing re-split.
+    assert result.settings["rechunks"] == 0
     assert len(model.prompts) == len(result.calls)
     for messages, max_tokens in zip(model.prompts, model.max_tokens, strict=False):
         assert count_prompt(model, messages) + max_tokens <= window

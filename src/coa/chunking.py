@@ -1,19 +1,26 @@
 """Token-budgeted splitting of a document into consecutive chunks (the paper's Algorithm 2).
 
-Text is cut into sentences (prose) or lines (code), then chunks are filled
-greedily while they fit the budget. A unit longer than the budget is cut into
-the longest pieces that fit, at a whitespace where there is one. Chunks are
-slices of the document: joined in order they give the document back exactly.
+The document is tokenized once into a `TokenIndex` (where each token starts). A chunk takes as
+many tokens as the budget allows and ends at the last sentence (prose) or line (code) boundary
+among them, which is what greedily packing whole sentences gives; a sentence longer than the
+budget is cut at a whitespace where there is one. Chunks are slices of the document: joined in
+order they give the document back exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
+
 Counter = Callable[[str], int]
+Offsets = Callable[[str], Sequence[int]]  # where each token of a text starts, in characters
 BLOCK_CHARS = 20_000  # the longest text given to the sentence splitter at once
+COUNT_BLOCK_CHARS = 4_000  # without offsets, tokens are counted per block of this size
+SEARCH_CHARS = 1_000  # a chunk's end is looked for first in this many characters before the budget's end
+LOOKAHEAD_CHARS = 200  # the splitter sees this much past a candidate end, to judge a period
 
 
 @dataclass(frozen=True)
@@ -22,92 +29,114 @@ class Chunk:
     start: int  # character offsets in the document
     end: int
     tokens: int
-    first_token: int = 0  # tokens of the document before this chunk (by the chunks' own counts)
+    first_token: int = 0  # tokens of the document before this chunk
 
     @property
     def span(self) -> tuple[int, int]:
         return self.first_token, self.first_token + self.tokens
 
-    def split(self, budget: int, count: Counter, *, lines: bool = False) -> list[Chunk]:
-        """This chunk cut into chunks of at most `budget` tokens, with offsets in the document."""
-        return [
-            replace(part, start=part.start + self.start, end=part.end + self.start, first_token=part.first_token + self.first_token)
-            for part in chunk_text(self.text, budget, count, lines=lines)
-        ]
+
+@dataclass(frozen=True)
+class TokenIndex:
+    """Where each token of a text starts, from one pass of the tokenizer over the whole text.
+
+    `exact` is False where the positions are spread evenly over blocks whose tokens were
+    counted (a tokenizer that gives no offsets): chunk sizes are then checked by counting.
+    """
+
+    starts: np.ndarray  # character offset of each token, non-decreasing
+    length: int  # characters in the text
+    exact: bool = True
+
+    @property
+    def tokens(self) -> int:
+        return len(self.starts)
+
+    def count(self, start: int, end: int) -> int:
+        """Tokens that start in text[start:end]."""
+        return int(np.searchsorted(self.starts, end) - np.searchsorted(self.starts, start))
+
+    def reach(self, start: int, tokens: int) -> int:
+        """The furthest end such that text[start:end] holds at most `tokens` tokens."""
+        k = int(np.searchsorted(self.starts, start)) + tokens
+        return self.length if k >= len(self.starts) else int(self.starts[k])
 
 
-def chunk_text(text: str, budget: int, count: Counter, *, lines: bool = False) -> list[Chunk]:
-    """Split `text` into chunks of at most `budget` tokens each, as counted by `count`."""
+def token_index(text: str, count: Counter, offsets: Offsets | None = None) -> TokenIndex:
+    """The index of `text`: from the tokenizer's offsets where it gives them, else from counts
+    of blocks of text (a few thousand characters each, not every sentence: with a server
+    tokenizer each count is a request)."""
+    if offsets is not None:
+        try:
+            return TokenIndex(np.asarray(offsets(text), dtype=np.int64), len(text))
+        except NotImplementedError:
+            pass
+    starts = []
+    for a, b in blocks(text, COUNT_BLOCK_CHARS):
+        n = count(text[a:b])
+        starts.append(a + (np.arange(n, dtype=np.int64) * (b - a)) // max(n, 1))
+    return TokenIndex(np.concatenate(starts) if starts else np.zeros(0, np.int64), len(text), exact=False)
+
+
+def chunk_text(
+    text: str, budget: int, index: TokenIndex, *, lines: bool = False, count: Counter | None = None,
+    start: int = 0, end: int | None = None,
+) -> list[Chunk]:
+    """text[start:end] split into chunks of at most `budget` tokens each. Where the index is not
+    exact, `count` measures each chunk and a chunk over budget is made shorter."""
     if budget < 1:
         raise ValueError("budget must be positive")
-    units = list(_fitting_units(text, budget, count, lines))
+    end = len(text) if end is None else end
+    check = count if count is not None and not index.exact else None
     chunks: list[Chunk] = []
-    first = first_token = 0
-    while first < len(units):
-        last, summed = first, units[first][2]
-        while last + 1 < len(units) and summed + units[last + 1][2] <= budget:
-            last += 1
-            summed += units[last][2]
-        # Joined units can count a few tokens more than their sum: give back units until it fits.
+    position = start
+    while position < end:
+        limit = min(end, max(index.reach(position, budget), position + 1))
         while True:
-            start, end = units[first][0], units[last][1]
-            tokens = count(text[start:end])
-            if tokens <= budget or last == first:
+            cut = end if limit == end else _boundary(text, position, limit, end, lines)
+            tokens = index.count(position, cut) if check is None else check(text[position:cut])
+            if tokens <= budget or cut - position <= 1:
                 break
-            last -= 1
-        chunks.append(Chunk(text[start:end], start, end, tokens, first_token))
-        first_token += tokens
-        first = last + 1
+            # Measured over budget (the index was an estimate): aim as much shorter as it was over.
+            limit = position + max(1, min(cut - position - 1, (cut - position) * budget // tokens))
+        chunks.append(Chunk(text[position:cut], position, cut, tokens, index.count(0, position)))
+        position = cut
     return chunks
 
 
-def _fitting_units(text: str, budget: int, count: Counter, lines: bool) -> Iterator[tuple[int, int, int]]:
-    """(start, end, tokens) of each sentence or line, long ones cut to fit the budget."""
-    for start, end in _units(text, lines):
-        tokens = count(text[start:end])
-        while tokens > budget and end - start > 1:
-            cut = _cut(text, start, end, budget, count)
-            yield start, cut, count(text[start:cut])
-            start = cut
-            tokens = count(text[start:end])
-        yield start, end, tokens
+def _boundary(text: str, start: int, limit: int, end: int, lines: bool) -> int:
+    """The end of a chunk that starts at `start` and may reach `limit`: the last sentence (or line)
+    start in (start, limit], else after the last whitespace in the second half, else `limit`."""
+    if lines:
+        newline = text.rfind("\n", start, limit)
+        if newline >= start:
+            return newline + 1
+    else:
+        width = SEARCH_CHARS
+        while True:  # near the limit first: the splitter's work stays proportional to the chunks
+            window = max(start, limit - width)
+            found = [s for s in _sentence_starts(text, window, min(end, limit + LOOKAHEAD_CHARS)) if window < s <= limit]
+            if found:
+                return found[-1]
+            if window == start:
+                break
+            width *= 4
+    space = max(text.rfind(" ", start, limit), text.rfind("\n", start, limit))
+    return space + 1 if space > start + (limit - start) // 2 else limit
 
 
-def _cut(text: str, start: int, end: int, budget: int, count: Counter) -> int:
-    """The end of the longest prefix of text[start:end] within budget, moved back to a whitespace if any."""
-    lo, hi = start + 1, end - 1  # always cut somewhere strictly inside
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(text[start:mid]) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    space = max(text.rfind(" ", start, lo), text.rfind("\n", start, lo))
-    return space + 1 if space > start + (lo - start) // 2 else lo
+def _sentence_starts(text: str, start: int, end: int) -> list[int]:
+    return [start + s for s, _ in _sentence_splitter().span_tokenize(text[start:end])]
 
 
 def sentences(text: str) -> list[str]:
     """The sentences of `text`, each with the whitespace that follows it."""
-    return [text[a:b] for a, b in _units(text, lines=False)]
+    starts = [0] + sorted({s for a, b in blocks(text, BLOCK_CHARS) for s in _sentence_starts(text, a, b) if s > 0})
+    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)], strict=False) if b > a]
 
 
-def _units(text: str, lines: bool) -> Iterator[tuple[int, int]]:
-    """Spans that tile the text: each unit runs from its sentence's (or line's) start to the next one's."""
-    if lines:
-        starts = [0]
-        for line in text.splitlines(keepends=True)[:-1]:
-            starts.append(starts[-1] + len(line))
-    else:
-        splitter = _sentence_splitter()
-        found = {a + s for a, b in _blocks(text) for s, _ in splitter.span_tokenize(text[a:b])}
-        starts = [0] + sorted(s for s in found if s > 0)
-    for a, b in zip(starts, starts[1:] + [len(text)], strict=False):
-        if b > a:
-            yield a, b
-
-
-def _blocks(text: str) -> Iterator[tuple[int, int]]:
-    """Spans that tile the text, each at most BLOCK_CHARS long, ending at a paragraph break
+def blocks(text: str, size: int) -> Iterator[tuple[int, int]]:
+    """Spans that tile the text, each at most `size` characters long, ending at a paragraph break
     where there is one, else at a line break, else after a space.
 
     Punkt runs on one block at a time: its regular expressions run under a wall-clock
@@ -115,8 +144,8 @@ def _blocks(text: str) -> Iterator[tuple[int, int]]:
     busy machine; on blocks the work is linear in the text and each call short.
     """
     start = 0
-    while len(text) - start > BLOCK_CHARS:
-        limit = start + BLOCK_CHARS
+    while len(text) - start > size:
+        limit = start + size
         for separator in ("\n\n", "\n", " "):
             cut = text.rfind(separator, start, limit)
             if cut > start:

@@ -72,6 +72,7 @@ class Call:
     path: int | None = None  # which chain of a multi-path run
     note: str | None = None  # what the strategy did with the output (guard fired, dropped, ...)
     cached_tokens: int = 0  # of prompt_tokens, those the backend reused from its cache
+    prefill_seconds: float | None = None  # of seconds, the prompt's evaluation, where the backend tells
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Result:
     seconds: float  # wall time of the whole run
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    token_counter: str | None = None  # how the backend's tokens were counted (model tokenizer, server endpoint, tiktoken, estimate)
 
     @property
     def usage(self) -> Usage:

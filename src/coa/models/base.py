@@ -22,6 +22,7 @@ class Completion:
     seconds: float
     finish_reason: str = "stop"  # "stop", "length" or "repetition"
     cached_tokens: int = 0  # prompt tokens the backend reused from its cache instead of evaluating
+    prefill_seconds: float | None = None  # time spent evaluating the prompt, where the backend tells
 
 
 @runtime_checkable

@@ -9,8 +9,10 @@ import re
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cached_property
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ LINE_MIN_TOKENS = 5  # shorter lines (a speaker's name in a play) may well recur
 LINE_REPEATS = 3
 # Where a message's text goes in the rendered chat template; NUL never comes out of a template.
 _SLOT = re.compile("\x00([0-9]+)\x00")
+TOKENIZE_BLOCK_CHARS = 200_000  # a long text is tokenized in blocks of about this size, in parallel
 
 
 def embedded_model_path() -> Path:
@@ -147,6 +150,7 @@ class LlamaCppModel:
         self.name = name or f"gguf:{self.path}"
         self._requested_window = window or DEFAULT_WINDOW
         self._lock = threading.Lock()
+        self.token_counter = "model tokenizer"
 
     @cached_property
     def _llm(self):
@@ -176,18 +180,43 @@ class LlamaCppModel:
         )
 
     @cached_property
+    def _pieces(self) -> list[bytes]:
+        """The bytes of every vocabulary entry."""
+        llm = self._llm
+        return [llm.detokenize([i]) for i in range(llm.n_vocab())]
+
+    @cached_property
     def _token_classes(self) -> tuple[np.ndarray, np.ndarray]:
         """Which vocabulary entries are digits, and which hold a line break (for LoopGuard)."""
-        llm = self._llm
-        pieces = [llm.detokenize([i]) for i in range(llm.n_vocab())]
-        return np.array([p.strip().isdigit() for p in pieces]), np.array([b"\n" in p for p in pieces])
+        return np.array([p.strip().isdigit() for p in self._pieces]), np.array([b"\n" in p for p in self._pieces])
 
     @property
     def context_window(self) -> int:
         return self._llm.n_ctx()
 
     def count_tokens(self, text: str) -> int:
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self._tokenize(text))
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def token_offsets(self, text: str) -> np.ndarray:
+        """The character offset at which each token of `text` starts, from one tokenizer pass
+        (in blocks on all cores: llama.cpp's tokenizer releases the GIL)."""
+        from coa.chunking import blocks
+
+        parts = [text[a:b] for a, b in blocks(text, TOKENIZE_BLOCK_CHARS)]
+        with ThreadPoolExecutor(max_workers=min(len(parts), os.cpu_count() or 1)) as pool:
+            ids = np.fromiter(chain.from_iterable(pool.map(self._tokenize, parts)), dtype=np.int64)
+        lengths = np.fromiter((len(p) for p in self._pieces), dtype=np.int64, count=len(self._pieces))
+        data = text.encode("utf-8")
+        byte_starts = np.concatenate(([0], np.cumsum(lengths[ids])))
+        if byte_starts[-1] != len(data):  # pieces that do not spell the text back (a vocabulary's own quirks)
+            raise NotImplementedError("this vocabulary's pieces do not spell its text back")
+        if len(data) == len(text):  # ASCII: bytes are characters
+            return byte_starts[:-1]
+        lead = (np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80  # a character's first byte
+        return (np.cumsum(lead) - 1)[byte_starts[:-1]]
 
     def format(self, messages: Messages) -> tuple[str, list[str]]:
         """The prompt text for a chat, with its stop strings, by the model's own chat template."""
@@ -222,6 +251,7 @@ class LlamaCppModel:
         prompt, stop = self.prompt_tokens(messages)
         guard = LoopGuard(len(prompt), *self._token_classes)
         with self._lock:
+            before = _perf(llm)
             started = time.perf_counter()
             try:
                 out = llm.create_completion(
@@ -238,6 +268,8 @@ class LlamaCppModel:
                     raise ContextOverflowError(str(e)) from None
                 raise
             seconds = time.perf_counter() - started
+            after = _perf(llm)
+        evaluated = after.n_p_eval - before.n_p_eval  # llama.cpp reuses the prefix shared with the last prompt
         choice = out["choices"][0]
         text, finish = choice["text"], choice["finish_reason"] or "stop"
         if guard.kept is not None:
@@ -249,4 +281,13 @@ class LlamaCppModel:
             completion_tokens=out["usage"]["completion_tokens"],
             seconds=seconds,
             finish_reason=finish,
+            cached_tokens=max(0, out["usage"]["prompt_tokens"] - evaluated),
+            prefill_seconds=(after.t_p_eval_ms - before.t_p_eval_ms) / 1000,
         )
+
+
+def _perf(llm):
+    """llama.cpp's running totals for the context: prompt tokens evaluated and the time it took."""
+    import llama_cpp
+
+    return llama_cpp.llama_perf_context(llm._ctx.ctx)

@@ -31,6 +31,7 @@ class ScriptedModel:
         name: str = "scripted",
     ) -> None:
         self.name = name
+        self.token_counter = "scripted"
         self.context_window = context_window
         self.outputs = deque(outputs)
         self.reply = reply
@@ -39,6 +40,9 @@ class ScriptedModel:
 
     def count_tokens(self, text: str) -> int:
         return len(TOKEN.findall(text))
+
+    def token_offsets(self, text: str) -> list[int]:
+        return [m.start() for m in TOKEN.finditer(text)]
 
     def complete(
         self, messages: Messages, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None

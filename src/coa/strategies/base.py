@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from coa.chunking import Chunk, chunk_text
+from coa import budget
+from coa.chunking import Chunk, TokenIndex, chunk_text, token_index
 from coa.config import Config
-from coa.errors import ConfigError, ContextOverflowError
 from coa.fence import unfence
 from coa.models.base import Messages, Model, count_prompt, truncate_to_tokens
 from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
@@ -20,9 +20,6 @@ from coa.strategies.options import NoOptions, Options, parse_options, parse_pair
 from coa.strategies.options import Options as BaseOptions
 from coa.task import Call, Kind, Result, Task
 
-MIN_CHUNK_TOKENS = 32  # below this a call sees too little text to be worth making
-MIN_ANSWER_TOKENS = 16
-SAFETY_TOKENS = 16  # joining text into a template can shift counts by a few tokens
 CODE_QUERY_LINES = 20
 
 
@@ -105,6 +102,7 @@ class Session:
         self.started = time.perf_counter()
         self._slots = asyncio.Semaphore(max(1, config.concurrency))
         self._planned: dict[str, int] = {}
+        self._index: tuple[str, TokenIndex] | None = None
 
     # -- prompts and budgets ---------------------------------------------------------------
     def prompt(self, strategy: str, role: str, kind: Kind | None = None) -> Prompt:
@@ -117,45 +115,36 @@ class Session:
     def tokens(self, text: str) -> int:
         return self.model.count_tokens(text)
 
+    def prompt_tokens(self, messages: Messages) -> int:
+        return count_prompt(self.model, messages)
+
     def room(self, messages: Messages, reserve: int) -> int:
         """Tokens left for more text in `messages` once `reserve` tokens are kept for output."""
-        return self.window - count_prompt(self.model, messages) - reserve - SAFETY_TOKENS
+        return budget.room(self.window, self.prompt_tokens(messages), reserve)
 
     def budget(self, messages: Messages, reserve: int, what: str) -> int:
-        """`room`, or a clear error when it is too small to be useful."""
-        room = self.room(messages, reserve)
-        if room < MIN_CHUNK_TOKENS:
-            raise ConfigError(
-                f"window {self.window} is too small: the {what} prompt takes {count_prompt(self.model, messages)} "
-                f"tokens and {reserve} are kept for output, leaving {max(room, 0)} for text; "
-                "use a larger --window or a smaller --max-cu-tokens"
-            )
-        return room
+        """Tokens of text a call with this prompt can read; a clear error where too few are left."""
+        return budget.text_budget(self.window, self.prompt_tokens(messages), reserve, what)
 
     def answer_limit(self, messages: Messages, task: Task, reserve: int = 0) -> int:
         """Generation limit of the final answer: the task's, or what is left in the window."""
-        room = self.room(messages, reserve)
-        if room < MIN_ANSWER_TOKENS:
-            raise ConfigError(
-                f"window {self.window} is too small for the answering prompt ({count_prompt(self.model, messages)} tokens); "
-                "use a larger --window or a shorter requirement"
-            )
-        return min(self.format(task).max_tokens, room)
+        return budget.answer_limit(self.window, self.prompt_tokens(messages), self.format(task).max_tokens, reserve)
 
     def split_room(self, messages: Messages, task: Task, what: str) -> tuple[int, int]:
-        """(tokens for input text, generation limit) for a call that answers from inputs added to
-        `messages`: the answer gets the task's limit, or half the room where the window is small."""
-        room = self.room(messages, 0)
-        limit = min(self.format(task).max_tokens, room // 2)
-        if limit < MIN_ANSWER_TOKENS or room - limit < MIN_CHUNK_TOKENS:
-            raise ConfigError(
-                f"window {self.window} is too small: the {what} prompt takes {count_prompt(self.model, messages)} "
-                "tokens, leaving too little for its input and answer; use a larger --window"
-            )
-        return room - limit, limit
+        """(tokens for input text, generation limit) for a call that answers from inputs added to `messages`."""
+        return budget.split(self.window, self.prompt_tokens(messages), self.format(task).max_tokens, what)
 
-    def chunks(self, task: Task, budget: int) -> list[Chunk]:
-        return chunk_text(task.document, budget, self.tokens, lines=task.kind is Kind.CODE)
+    def index(self, text: str) -> TokenIndex:
+        """Where each token of `text` starts: the tokenizer runs over a document once per run."""
+        if self._index is None or self._index[0] is not text:
+            self._index = (text, token_index(text, self.tokens, getattr(self.model, "token_offsets", None)))
+        return self._index[1]
+
+    def chunks(self, task: Task, budget: int, within: Chunk | None = None) -> list[Chunk]:
+        """The document (or the part `within` covers) in chunks of at most `budget` tokens."""
+        start, end = (within.start, within.end) if within else (0, len(task.document))
+        return chunk_text(task.document, budget, self.index(task.document), lines=task.kind is Kind.CODE,
+                          count=self.tokens, start=start, end=end)
 
     # -- calls ---------------------------------------------------------------------------------
     def plan(self, role: str, total: int) -> None:
@@ -174,9 +163,7 @@ class Session:
         seed: int | None = None,
         path: int | None = None,
     ) -> Call:
-        needed = count_prompt(self.model, messages) + max_tokens
-        if needed > self.window:  # never send what cannot fit
-            raise ContextOverflowError(f"prompt and output need {needed} tokens, the window is {self.window}")
+        budget.check_fits(self.window, self.prompt_tokens(messages), max_tokens)  # never send what cannot fit
         total = max(self._planned.get(role, 1), index + 1)
         async with self._slots:
             self.observer(Progress(role, index, total))
@@ -199,6 +186,7 @@ class Session:
             finish_reason=completion.finish_reason,
             path=path,
             cached_tokens=completion.cached_tokens,
+            prefill_seconds=completion.prefill_seconds,
         )
         self.calls.append(call)
         self.observer(Progress(role, index, total, call))
@@ -215,6 +203,7 @@ class Session:
             seconds=time.perf_counter() - self.started,
             settings={"temperature": self.config.temperature, "seed": self.config.seed, **settings},
             warnings=list(getattr(self.model, "warnings", ())),  # e.g. a server tokenizer that stopped answering
+            token_counter=getattr(self.model, "token_counter", None),
         )
 
 

@@ -11,14 +11,15 @@ from typing import Literal
 from pydantic import Field
 
 from coa.answers import is_refusal
+from coa.budget import MIN_CHUNK_TOKENS
 from coa.chunking import Chunk
 from coa.errors import ContextOverflowError
 from coa.fence import unfence
 from coa.grounding import grounded
 from coa.models.base import Messages, truncate_to_tokens
-from coa.strategies.base import MIN_CHUNK_TOKENS, Session, Strategy, query_text, register
+from coa.strategies.base import Session, Strategy, query_text, register
 from coa.strategies.options import Options
-from coa.task import Kind, Task
+from coa.task import Task
 
 RECHUNK_FACTOR = 0.75  # after an overflow, chunks are re-split this much smaller
 MAX_RECHUNKS = 3
@@ -102,13 +103,12 @@ async def run_chain(
     limit = cu_limit(session)
     chain = Chain(budget=chunk_budget(session, task))
     asked = " ".join([query_text(task), *task.choices]) if grounding_for(options, task) else None  # grounding's question
-    lines = task.kind is Kind.CODE
     queue = deque(ordered(session.chunks(task, chain.budget), options.order, seed or 0))
     done = 0
     while queue:
         chunk = queue.popleft()
         if chunk.tokens > chain.budget:  # the budget shrank after an overflow
-            queue.extendleft(reversed(chunk.split(chain.budget, session.tokens, lines=lines)))
+            queue.extendleft(reversed(session.chunks(task, chain.budget, within=chunk)))
             continue
         session.plan("worker", done + len(queue) + 1)
         previous = truncate_to_tokens(session.model, chain.cu, limit)

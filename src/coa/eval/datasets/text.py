@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import accumulate
 
-from coa.chunking import _units
+from coa.chunking import sentences
 
 
 def take_tokens(text: str, tokens: int, count: Callable[[str], int], *, keep: str = "head") -> str:
@@ -27,7 +28,7 @@ def take_tokens(text: str, tokens: int, count: Callable[[str], int], *, keep: st
 def sentence_boundary(text: str, fraction: float) -> int:
     """The sentence or line start (or an end of the text) nearest to `fraction` of the way through."""
     target = fraction * len(text)
-    starts = {a for a, _ in _units(text, lines=False)} | {a for a, _ in _units(text, lines=True)} | {len(text)}
+    starts = {0, *accumulate(map(len, sentences(text))), *accumulate(map(len, text.splitlines(keepends=True)))}
     return min(starts, key=lambda s: abs(s - target))
 
 
