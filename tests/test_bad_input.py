@@ -219,7 +219,7 @@ CASES = [
     Case("ask-nan-temperature", ask("--temperature", "nan"), "'--temperature': must be a finite number"),
     Case("summarize-inf-temperature", lambda w: ["summarize", w.story, *SCRIPTED, "--temperature", "inf"],
          "'--temperature': must be a finite number"),
-    Case("ask-missing-question", lambda w: ["ask", w.story], "Missing argument 'QUESTION'"),
+    Case("ask-missing-question", lambda w: ["ask", w.story], "give a question"),
     Case("summarize-unknown-flag", lambda w: ["summarize", w.story, "--frobnicate"], "No such option"),
     Case("unknown-command", lambda w: ["frobnicate"], "No such command"),
     Case("multipath-zero-paths", ask("-s", "coa-multipath", "-o", "paths=perm", "-o", "n=0"), "option n must be 1 to 16"),

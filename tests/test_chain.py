@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -225,3 +226,43 @@ def test_trace_accounts_for_every_call_and_serialises():
     assert data["usage"]["calls"] == len(model.prompts)
     assert data["usage"]["prompt_tokens"] == sum(count_prompt(model, m) for m in model.prompts)
     assert data["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in data["calls"])
+
+
+def echo_reply(messages):
+    """A reply that depends on the whole prompt, so that any difference in what a worker saw shows."""
+    import hashlib
+
+    return "note " + hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:8]
+
+
+@pytest.mark.parametrize("kind", [Kind.QA, Kind.MCQ, Kind.SUMMARIZE])
+def test_several_questions_share_one_chunk_major_read_with_the_same_answers(kind):
+    questions = ["What happened in event 7?", "Who?", "Which event came after event 41 and before the last one?"]
+    choices = ("seven", "eight") if kind is Kind.MCQ else ()
+    tasks = [Task(document(80), q, kind, choices) for q in questions]
+    alone = []
+    for task in tasks:
+        model = ScriptedModel(reply=echo_reply, context_window=400)
+        alone.append(ChainOfAgents(model, Config(window=400, max_cu_tokens=40)).run(task))
+    budget = min(r.settings["chunk_tokens"] for r in alone)
+    # Alone, each question gets the largest chunks its prompt allows; together they share the smallest.
+    model = ScriptedModel(reply=echo_reply, context_window=400)
+    together = ChainOfAgents(model, Config(window=400, max_cu_tokens=40)).run_many(tasks)
+    assert [r.settings["chunk_tokens"] for r in together] == [budget] * 3
+    longest = questions.index(max(questions, key=len))  # its prompt leaves the least room: its chunks are shared
+    assert together[longest].answer == alone[longest].answer
+    assert [c.messages for c in together[longest].calls] == [c.messages for c in alone[longest].calls]
+    # Chunk-major: the workers of all three questions read chunk i before any reads chunk i+1.
+    chunks = [re.findall(r"Sentence number (\d+)", m[-1]["content"]) for m in model.prompts[:6]]
+    assert chunks[0] == chunks[1] == chunks[2] != chunks[3] == chunks[4] == chunks[5]
+    for result in together:
+        assert len(result.workers) == len(together[0].workers) > 3 and result.calls[-1].role == "manager"
+
+
+def test_questions_over_different_documents_run_one_after_another():
+    model = ScriptedModel(reply=echo_reply, context_window=400)
+    tasks = [Task(document(30), "Who?"), Task(document(31), "Who?")]
+    results = ChainOfAgents(model, Config(window=400, max_cu_tokens=40)).run_many(tasks)
+    first = len(results[0].calls)
+    assert all("Sentence number 30 " not in m[-1]["content"] for m in model.prompts[:first])
+    assert "Sentence number 30 " in "".join(m[-1]["content"] for m in model.prompts[first:])

@@ -31,6 +31,20 @@ def test_json_has_the_documented_shape(story, tmp_path):
     assert json.loads(trace.read_text()) == data
 
 
+def test_several_questions_share_one_read_and_each_gets_an_answer(story, tmp_path):
+    trace = tmp_path / "trace.json"
+    result = run_cli("ask", story, "What happened?", "-q", "Who was there?", "-q", "When?", *SCRIPTED, "--trace", trace)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert [line for line in out.splitlines() if line.startswith("Q: ")] == ["Q: What happened?", "Q: Who was there?", "Q: When?"]
+    data = json.loads(trace.read_text())
+    assert [d["answer"] for d in data] == [line[3:] for line in out.splitlines() if line.startswith("A: ")]
+    spans = [[tuple(c["span"]) for c in d["calls"] if c["role"] == "worker"] for d in data]
+    assert spans[0] == spans[1] == spans[2] and len(spans[0]) >= 3  # the same chunks for every question
+    only = run_cli("ask", story, "-q", "Who was there?", *SCRIPTED, "--json")
+    assert only.returncode == 0 and isinstance(json.loads(only.stdout), dict)
+
+
 def test_stdin_summarize_and_choices(story):
     text = story.read_bytes()
     assert run_cli("summarize", "-", *SCRIPTED, stdin=text).returncode == 0
@@ -105,7 +119,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
 
 def test_usage_mistakes_are_one_line_too(story):
     for args, message in (
-        (["ask", story], "Missing argument 'QUESTION'"),
+        (["ask", story], "give a question"),
         (["ask", story, "Q?", "--window", "5"], "--window"),
         (["frobnicate"], "No such command"),
     ):

@@ -33,7 +33,8 @@ class CallPrinter:
             return
         self.calls.append(call)
         output = " ".join(call.output.split())
-        line = f"[bold]{label:<12}[/] {call.prompt_tokens:>6,} → {call.completion_tokens:<5,} tokens {call.seconds:6.1f}s"
+        cached = f" ({call.cached_tokens:,} cached)" if call.cached_tokens else ""
+        line = f"[bold]{label:<12}[/] {call.prompt_tokens:>6,}{cached} → {call.completion_tokens:<5,} tokens {call.seconds:6.1f}s"
         if self.verbose:
             self.console.print(line)
             self.console.print(escape(call.output.strip()), style="dim")

@@ -39,13 +39,17 @@ def run_options(command):
 
 @cli.command()
 @click.argument("file")
-@click.argument("question")
+@click.argument("question", required=False)
+@click.option("--question", "-q", "more", multiple=True, help="A question (repeatable): questions share one read of FILE.")
 @click.option("--choices", "-c", multiple=True, help="An option of a multiple-choice question (repeat for each).")
 @run_options
-def ask(file: str, question: str, choices: tuple[str, ...], **options) -> None:
-    """Answer QUESTION about FILE ("-" reads stdin)."""
+def ask(file: str, question: str | None, more: tuple[str, ...], choices: tuple[str, ...], **options) -> None:
+    """Answer QUESTION (or each -q QUESTION) about FILE ("-" reads stdin)."""
+    questions = [q for q in (question, *more) if q is not None]
+    if not questions:
+        raise click.UsageError("give a question: coa ask FILE QUESTION, or -q QUESTION (repeatable)")
     kind = Kind.MCQ if choices else Kind.QA
-    _run(file, lambda text: Task(text, question, kind, choices, options["requirement"]), **options)
+    _run(file, lambda text: [Task(text, q, kind, choices, options["requirement"]) for q in questions], **options)
 
 
 @cli.command()
@@ -54,7 +58,7 @@ def ask(file: str, question: str, choices: tuple[str, ...], **options) -> None:
 @run_options
 def summarize(file: str, query: str | None, **options) -> None:
     """Summarize FILE ("-" reads stdin)."""
-    _run(file, lambda text: Task(text, query, Kind.SUMMARIZE, requirement=options["requirement"]), **options)
+    _run(file, lambda text: [Task(text, query, Kind.SUMMARIZE, requirement=options["requirement"])], **options)
 
 
 @cli.command()
@@ -62,18 +66,18 @@ def summarize(file: str, query: str | None, **options) -> None:
 @run_options
 def complete(file: str, **options) -> None:
     """Write the next line of the code in FILE ("-" reads stdin)."""
-    _run(file, lambda text: Task(text, None, Kind.CODE, requirement=options["requirement"]), **options)
+    _run(file, lambda text: [Task(text, None, Kind.CODE, requirement=options["requirement"])], **options)
 
 
-def _run(file: str, make_task, **settings) -> None:
+def _run(file: str, make_tasks, **settings) -> None:
     with Interrupts() as interrupts:
         try:
-            _solve(file, make_task, interrupts, **settings)
+            _solve(file, make_tasks, interrupts, **settings)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
             fail(str(e) or interrupts.what, interrupts.exit_code)
 
 
-def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, window,
+def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, window,
            max_cu_tokens, requirement, temperature, timeout, seed, concurrency, prompts_dir, as_json, trace, verbose) -> None:
     from coa.models.registry import load_model
     from coa.prompts import task_format
@@ -89,14 +93,14 @@ def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, mode
     document = read_document(file)
     for warning in document.warnings:
         stderr.print(f"warning: {warning}")
-    task = make_task(document.text)
-    task_format(task.kind, prompts_dir)  # a broken tasks.yaml override fails before the model loads
+    tasks = make_tasks(document.text)
+    task_format(tasks[0].kind, prompts_dir)  # a broken tasks.yaml override fails before the model loads
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir)
     with CallPrinter(stderr, verbose=verbose) as printer:
         try:
-            result = solver(backend, config, observer=printer, options=options).run(task)
+            results = solver(backend, config, observer=printer, options=options).run_many(tasks)
         except (CoaError, KeyboardInterrupt) as e:
             # Keep the work done before the failure: in --trace, or for an interrupt, in a file of its own.
             if printer.calls and (trace is not None or isinstance(e, KeyboardInterrupt)):
@@ -104,11 +108,12 @@ def _solve(file: str, make_task, interrupts: Interrupts, *, strategy, opts, mode
                 saved = save_partial(printer.calls, message, trace)
                 raise type(e)(f"{message}; the {len(printer.calls)} calls made are in {saved}") from None
             raise
-    result.warnings.extend(document.warnings)
-    _print(result, as_json)
+    for result in results:
+        result.warnings.extend(document.warnings)
+    _print(results, [t.query for t in tasks], as_json)
     if trace is not None:
         try:
-            trace.write_text(result.to_json(), encoding="utf-8")
+            trace.write_text(_json(results), encoding="utf-8")
         except OSError as e:
             raise InputError(f"--trace {trace}: cannot write ({e.strerror})") from None
 
@@ -140,8 +145,17 @@ def save_partial(calls: list[Call], error: str, trace: Path | None) -> Path:
     return path
 
 
-def _print(result: Result, as_json: bool) -> None:
+def _json(results: list[Result]) -> str:
+    """One result as an object; several (one per question) as a list of them."""
+    if len(results) == 1:
+        return results[0].to_json()
+    return json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False)
+
+
+def _print(results: list[Result], questions: list[str | None], as_json: bool) -> None:
     if as_json:
-        click.echo(result.to_json())
+        click.echo(_json(results))
+    elif len(results) == 1:
+        click.echo(results[0].answer)
     else:
-        click.echo(result.answer)
+        click.echo("\n\n".join(f"Q: {q}\nA: {r.answer}" for q, r in zip(questions, results, strict=True)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -42,7 +42,8 @@ def ignore(_: Progress) -> None:
 
 class Strategy:
     """A way to solve a Task with a model. Subclasses set `name`, `description`,
-    `Options` (an `Options` model of their `--opt` settings) and implement `solve`."""
+    `Options` (an `Options` model of their `--opt` settings) and implement `solve`, or
+    `solve_many` where tasks over one document can share work."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -66,15 +67,32 @@ class Strategy:
     def run(self, task: Task) -> Result:
         return asyncio.run(self.arun(task))
 
+    def run_many(self, tasks: Sequence[Task]) -> list[Result]:
+        return asyncio.run(self.arun_many(tasks))
+
     async def arun(self, task: Task) -> Result:
-        session = Session(self.model, self.config, self.observer)
-        answer, settings = await self.solve(session, task)
-        settings = {**self.options.model_dump(), **settings}
-        return session.result(answer, self.name, task, settings)
+        return (await self.arun_many([task]))[0]
+
+    async def arun_many(self, tasks: Sequence[Task]) -> list[Result]:
+        """A result for each task; tasks that share a document (several questions) may share the reading."""
+        runs = [(Session(self.model, self.config, self.observer), task) for task in tasks]
+        outcomes = await self.solve_many(runs)
+        return [
+            session.result(answer, self.name, task, {**self.options.model_dump(), **settings})
+            for (session, task), (answer, settings) in zip(runs, outcomes, strict=True)
+        ]
+
+    async def solve_many(self, runs: list[tuple[Session, Task]]) -> list[tuple[str, dict[str, Any]]]:
+        """`solve` for each run in turn; a strategy that can share work across tasks overrides this."""
+        outcomes = []
+        for session, task in runs:
+            session.started = time.perf_counter()  # each run's wall time is its own
+            outcomes.append(await self.solve(session, task))
+        return outcomes
 
     async def solve(self, session: Session, task: Task) -> tuple[str, dict[str, Any]]:
         """The raw answer and the settings worth recording."""
-        raise NotImplementedError
+        return (await self.solve_many([(session, task)]))[0]
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "chainofagents.strategies", package="coa.strategies")

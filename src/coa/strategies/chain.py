@@ -49,17 +49,23 @@ class ChainOfAgents(Strategy):
     description = "Chain of Agents: workers pass a communication unit along the chunks, a manager answers"
     Options = ChainOptions
 
-    async def solve(self, session: Session, task: Task):
+    async def solve_many(self, runs: list[tuple[Session, Task]]) -> list[tuple[str, dict]]:
+        """Questions over one document share one pass over its chunks (see `run_chains`)."""
+        if len({task.document for _, task in runs}) > 1:
+            return await super().solve_many(runs)
         options: ChainOptions = self.options
-        max_tokens = manager_tokens(session, task) if options.manager else 0
-        chain = await run_chain(session, task, options, seed=self.config.seed)
-        answer = await manage(session, task, chain.cu, max_tokens) if options.manager else chain.cu
-        return answer, {
-            "max_cu_tokens": cu_limit(session),
-            "chunk_tokens": chain.budget,
-            "rechunks": chain.rechunks,
-            "grounding": grounding_for(options, task),
-        }
+        limits = [manager_tokens(session, task) if options.manager else 0 for session, task in runs]
+        chains = await run_chains(runs, options, seed=self.config.seed)
+        outcomes = []
+        for (session, task), chain, max_tokens in zip(runs, chains, limits, strict=True):
+            answer = await manage(session, task, chain.cu, max_tokens) if options.manager else chain.cu
+            outcomes.append((answer, {
+                "max_cu_tokens": cu_limit(session),
+                "chunk_tokens": chain.budget,
+                "rechunks": chain.rechunks,
+                "grounding": grounding_for(options, task),
+            }))
+        return outcomes
 
 
 def cu_limit(session: Session) -> int:
@@ -100,35 +106,59 @@ async def run_chain(
     path: int | None = None,
 ) -> Chain:
     """Workers over the chunks in the chosen order; `seed` orders a permutation and seeds sampling."""
+    return (await run_chains([(session, task)], options, seed=seed, temperature=temperature, path=path))[0]
+
+
+async def run_chains(
+    runs: list[tuple[Session, Task]],
+    options: ChainOptions,
+    *,
+    seed: int | None = None,
+    temperature: float | None = None,
+    path: int | None = None,
+) -> list[Chain]:
+    """One chain per (session, task), all over the same document and the same chunks, chunk-major:
+    every task's worker reads chunk i before any reads chunk i+1. Worker prompts begin with the
+    system text and the chunk, so a backend that keeps the prompt prefix it last evaluated
+    (llama.cpp does, in-process and per server slot) reads each chunk once for all the questions."""
+    session, task = runs[0]
     limit = cu_limit(session)
-    chain = Chain(budget=chunk_budget(session, task))
-    asked = " ".join([query_text(task), *task.choices]) if grounding_for(options, task) else None  # grounding's question
-    queue = deque(ordered(session.chunks(task, chain.budget), options.order, seed or 0))
+    budget = min(chunk_budget(s, t) for s, t in runs)  # the longest question sets the chunks for all
+    chains = [Chain(budget=budget) for _ in runs]
+    asked = [" ".join([query_text(t), *t.choices]) if grounding_for(options, t) else None for _, t in runs]
+    read: list[list[tuple[int, int]]] = [[] for _ in runs]  # spans each chain has read: an overflow re-splits mid-step
+    queue = deque(ordered(session.chunks(task, budget), options.order, seed or 0))
     done = 0
     while queue:
         chunk = queue.popleft()
-        if chunk.tokens > chain.budget:  # the budget shrank after an overflow
-            queue.extendleft(reversed(session.chunks(task, chain.budget, within=chunk)))
+        if chunk.tokens > budget:  # the budget shrank after an overflow
+            queue.extendleft(reversed(session.chunks(task, budget, within=chunk)))
             continue
-        session.plan("worker", done + len(queue) + 1)
-        previous = truncate_to_tokens(session.model, chain.cu, limit)
-        messages = worker_messages(session, task, chunk.text, previous, done + 1, done + len(queue) + 1)
+        total = done + len(queue) + 1
         try:
-            call = await session.call(
-                "worker", done, messages, limit, span=chunk.span, temperature=temperature, seed=seed, path=path
-            )
+            for (s, t), chain, spans, question in zip(runs, chains, read, asked, strict=True):
+                if any(a <= chunk.start and chunk.end <= b for a, b in spans):
+                    continue
+                s.plan("worker", total)
+                previous = truncate_to_tokens(s.model, chain.cu, limit)
+                messages = worker_messages(s, t, chunk.text, previous, done + 1, total)
+                call = await s.call(
+                    "worker", done, messages, limit, span=chunk.span, temperature=temperature, seed=seed, path=path
+                )
+                chain.cu, call.note = next_cu(call.output, previous, chunk.text, question, guard=options.guard)
+                call.cu = chain.cu
+                spans.append((chunk.start, chunk.end))
         except ContextOverflowError:
             # The server's window is smaller than we were told: re-split smaller and go on.
-            chain.budget = int(chain.budget * RECHUNK_FACTOR)
-            chain.rechunks += 1
-            if chain.rechunks > MAX_RECHUNKS or chain.budget < MIN_CHUNK_TOKENS:
+            budget = int(budget * RECHUNK_FACTOR)
+            for chain in chains:
+                chain.budget, chain.rechunks = budget, chain.rechunks + 1
+            if chains[0].rechunks > MAX_RECHUNKS or budget < MIN_CHUNK_TOKENS:
                 raise
             queue.appendleft(chunk)
             continue
-        chain.cu, call.note = next_cu(call.output.strip(), previous, chunk.text, asked, guard=options.guard)
-        call.cu = chain.cu
         done += 1
-    return chain
+    return chains
 
 
 def next_cu(output: str, previous: str, chunk: str, asked: str | None, *, guard: bool) -> tuple[str, str | None]:
