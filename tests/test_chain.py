@@ -266,3 +266,42 @@ def test_questions_over_different_documents_run_one_after_another():
     first = len(results[0].calls)
     assert all("Sentence number 30 " not in m[-1]["content"] for m in model.prompts[:first])
     assert "Sentence number 30 " in "".join(m[-1]["content"] for m in model.prompts[first:])
+
+
+class PrefillingModel(ScriptedModel):
+    """A scripted model with a server's prefill: records each prefix it was asked to cache."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.prefilled = []
+
+    def prefill(self, messages):
+        self.prefilled.append((len(self.prompts), messages))
+        return count_prompt(self, messages)
+
+
+@pytest.mark.parametrize("kind", [Kind.QA, Kind.SUMMARIZE])
+def test_prefetch_caches_the_next_workers_prompt_up_to_its_cu(kind):
+    model = PrefillingModel(reply=echo_reply, context_window=400)
+    task = Task(document(60), "What happened in event 7?" if kind is Kind.QA else None, kind)
+    result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"prefetch": True}).run(task)
+    workers = [m for m in model.prompts if m is not model.prompts[-1]]
+    assert len(model.prefilled) == len(workers) - 1 >= 2  # every worker but the first
+    for k, (asked_after, prefix) in enumerate(model.prefilled):
+        assert asked_after == k + 1  # while worker k ran, before worker k+1 asked
+        full = workers[k + 1][-1]["content"]
+        cached = prefix[-1]["content"]
+        assert full.startswith(cached) and prefix[0] == workers[k + 1][0]
+        assert "Sentence number" in cached and result.workers[k].output not in cached  # the chunk, not the CU
+        assert len(cached) > 0.6 * len(full)  # the chunk: most of the prompt
+    prefetches = [c for c in result.calls if c.role == "prefetch"]
+    assert len(prefetches) == len(model.prefilled) and all(c.completion_tokens == 0 for c in prefetches)
+    # The same answer and workers as without prefetch.
+    plain = ChainOfAgents(ScriptedModel(reply=echo_reply, context_window=400), Config(window=400, max_cu_tokens=40)).run(task)
+    assert plain.answer == result.answer and [c.messages for c in plain.workers] == [c.messages for c in result.workers]
+
+
+def test_prefetch_is_skipped_where_the_backend_cannot_prefill():
+    model = ScriptedModel(reply=echo_reply, context_window=400)
+    result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"prefetch": True}).run(Task(document(60), "Who?"))
+    assert [c.role for c in result.calls if c.role not in ("worker", "manager")] == []

@@ -123,3 +123,31 @@ def test_loop_guard_stops_a_line_that_keeps_coming_back():
     stops = [n for n in range(1, len(stream) + 1) if guard(np.array(stream[:n]), None)]
     assert stops == [len(stream)]  # the third copy of the line, not the recurring short one
     assert guard.kept.tolist() == line + [9] + other + [9] + short + [9]
+
+
+def test_token_offsets_tile_the_text_and_match_the_count(embedded):
+    text = EXAMPLE_PLAY.read_text()[:30000] + " Fin — café, naïve, 東京. 🙂 done."
+    starts = embedded.token_offsets(text)
+    assert len(starts) == embedded.count_tokens(text)
+    assert starts[0] == 0 and all(a <= b for a, b in zip(starts, starts[1:], strict=False)) and starts[-1] < len(text)
+    pieces = [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    assert "".join(pieces) == text
+    # Whole-word tokens stand where the word does.
+    assert text[starts[-1] :] == " done." or text[starts[-2] :].startswith(" done")
+
+
+def test_several_questions_read_once_give_the_answers_of_separate_runs(books, embedded):
+    from coa import ChainOfAgents, Config, Task
+
+    document = haystack(books, 1200, embedded)
+    questions = ["What is the secret password to the castle vault?", "Who is the ghost?"]
+    config = Config(window=768, max_cu_tokens=48)
+    alone = [ChainOfAgents(embedded, config).run(Task(document, q)) for q in questions]
+    together = ChainOfAgents(embedded, config).run_many([Task(document, q) for q in questions])
+    assert [r.answer for r in together] == [r.answer for r in alone]
+    assert len(together[0].workers) >= 2
+    # The second question's workers found their chunk already evaluated: most of each prompt came from the cache.
+    for first, second in zip(together[0].workers, together[1].workers, strict=True):
+        assert first.span == second.span and second.cached_tokens > second.prompt_tokens // 2
+    evaluated = lambda results: sum(c.prompt_tokens - c.cached_tokens for r in results for c in r.calls)  # noqa: E731
+    assert evaluated(together) < 0.75 * evaluated(alone)

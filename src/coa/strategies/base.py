@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from coa import budget
 from coa.chunking import Chunk, TokenIndex, chunk_text, token_index
 from coa.config import Config
+from coa.errors import CoaError
 from coa.fence import unfence
 from coa.models.base import Messages, Model, count_prompt, truncate_to_tokens
 from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
@@ -208,6 +209,23 @@ class Session:
         )
         self.calls.append(call)
         self.observer(Progress(role, index, total, call))
+        return call
+
+    async def prefill(self, role: str, index: int, messages: Messages) -> Call | None:
+        """Have the backend evaluate a prompt prefix into its cache without generating (a server
+        with free slots), recorded as a call; None where the backend cannot, or it failed: a
+        prefill only saves time, and its failure must not fail the run."""
+        prefill = getattr(self.model, "prefill", None)
+        if prefill is None:
+            return None
+        started = time.perf_counter()
+        try:
+            evaluated = await asyncio.to_thread(prefill, messages)
+        except (NotImplementedError, CoaError):
+            return None
+        call = Call(role=role, index=index, prompt_tokens=evaluated, completion_tokens=0,
+                    seconds=time.perf_counter() - started, output="", messages=messages, finish_reason="prefill")
+        self.calls.append(call)
         return call
 
     def result(self, answer: str, strategy: str, task: Task, settings: dict[str, Any]) -> Result:

@@ -3,6 +3,8 @@ unit (CU) forward; a manager answers from the last CU alone."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ class ChainOptions(Options):
     manager: bool = Field(True, description="false: the last worker's CU is the answer (the paper's ablation)")
     guard: bool = Field(True, description="a refusal-only worker output does not replace the CU (chain collapse)")
     grounding: bool | None = Field(None, description="keep only CU sentences the sources support; auto: on for QA kinds")
+    prefetch: bool = Field(False, description="while a worker runs, a free server slot evaluates the next chunk "
+                           "(llama-server with -np 2 or more)")
 
 
 @dataclass
@@ -135,6 +139,7 @@ async def run_chains(
             queue.extendleft(reversed(session.chunks(task, budget, within=chunk)))
             continue
         total = done + len(queue) + 1
+        ahead = asyncio.create_task(prefetch(session, task, queue[0], done + 2, total)) if options.prefetch and queue else None
         try:
             for (s, t), chain, spans, question in zip(runs, chains, read, asked, strict=True):
                 if any(a <= chunk.start and chunk.end <= b for a, b in spans):
@@ -149,6 +154,8 @@ async def run_chains(
                 call.cu = chain.cu
                 spans.append((chunk.start, chunk.end))
         except ContextOverflowError:
+            if ahead is not None:
+                ahead.cancel()
             # The server's window is smaller than we were told: re-split smaller and go on.
             budget = int(budget * RECHUNK_FACTOR)
             for chain in chains:
@@ -157,8 +164,21 @@ async def run_chains(
                 raise
             queue.appendleft(chunk)
             continue
+        if ahead is not None:
+            await ahead  # the next chunk is in a slot's cache before its worker asks
         done += 1
     return chains
+
+
+async def prefetch(session: Session, task: Task, chunk: Chunk, position: int, total: int) -> None:
+    """Evaluate the part of `chunk`'s worker prompt (the worker at `position`) before the CU (the system
+    text, the chunk and, for QA, the question) into a free slot, while the current worker runs.
+    The part is found as what two renderings with different CUs share."""
+    index = len([c for c in session.calls if c.role == "prefetch"])
+    with_none, with_cu = (worker_messages(session, task, chunk.text, cu, position, total) for cu in ("", "x"))
+    shared = os.path.commonprefix([with_none[-1]["content"], with_cu[-1]["content"]])
+    if shared:
+        await session.prefill("prefetch", index, [*with_none[:-1], {**with_none[-1], "content": shared}])
 
 
 def next_cu(output: str, previous: str, chunk: str, asked: str | None, *, guard: bool) -> tuple[str, str | None]:
