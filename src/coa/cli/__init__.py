@@ -103,4 +103,4 @@ class Interrupts:
 
 
 
-from coa.cli import evaluate, info, run  # noqa: E402,F401  (registers the commands)
+from coa.cli import batch, evaluate, info, run  # noqa: E402,F401  (registers the commands)

@@ -11,7 +11,34 @@ from pathlib import Path
 import click
 
 from coa.cli import Interrupts, cli, fail, model_options, stderr
-from coa.errors import CoaError, InputError
+from coa.errors import CoaError, ConfigError, InputError
+
+
+def executor_options(command):
+    """Options that choose where the pairs run: this process, or a Ray cluster."""
+    options = [
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Run the pairs in this process, or on Ray workers that each build the model (the [ray] extra)."),
+        click.option("--ray-address", metavar="ADDR",
+                     help="The Ray cluster to join, e.g. HEAD:6379 [default: RAY_ADDRESS, else a Ray started for the run]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def make_executor(executor: str, ray_address: str | None, concurrency: int, spec, local_model=None):
+    """The executor the options name, for the model of `spec`; the local one runs on `local_model`
+    (built from the spec if not given). A missing Ray is one line now, before any work."""
+    from coa.eval.executors import LocalExecutor, RayExecutor
+
+    if executor == "local":
+        if ray_address:
+            raise ConfigError("--ray-address goes with --executor ray")
+        return LocalExecutor(local_model or spec.load(), concurrency)
+    ray = RayExecutor(spec, concurrency, ray_address)
+    ray.check()
+    return ray
 
 
 @cli.command("eval")
@@ -31,13 +58,14 @@ from coa.errors import CoaError, InputError
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="COA_DATA_DIR",
               help="Where the datasets live [env: COA_DATA_DIR; default: ~/.local/share/chainofagents/data].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
+@executor_options
 def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_tokens, temperature, timeout, limit, concurrency,
-             out, resume, retry_errors, rerun, seed, data_dir, opts) -> None:
+             out, resume, retry_errors, rerun, seed, data_dir, opts, executor, ray_address) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
+    from coa.eval.executors import ModelSpec
     from coa.eval.report import markdown
     from coa.eval.runner import Evaluation
     from coa.eval.runner import evaluate as run
-    from coa.models.registry import load_model
     from coa.strategies.base import parse_pairs
 
     evaluation = Evaluation(
@@ -49,7 +77,10 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
     )
     with Interrupts() as interrupts, store_errors(out):
         try:
-            outcome = run(evaluation, load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout), console=stderr)
+            spec = ModelSpec(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
+            backend = spec.load()  # here too with Ray: it measures the lengths of generated examples
+            runner = make_executor(executor, ray_address, concurrency, spec, backend)
+            outcome = run(evaluation, backend, executor=runner, console=stderr)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM; finished pairs are committed one by one: say how to go on
             fail(f"{interrupts.what}; {left_in(out, dataset)}", interrupts.exit_code)
         click.echo(markdown(outcome.store))

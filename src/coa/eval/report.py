@@ -27,9 +27,10 @@ def summary(store: Store) -> list[dict[str, Any]]:
     entries = []
     for (dataset, strategy), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], _rank(order, *kv[0]))):
         scored = [r for r in rows if r["error"] is None]
+        scores = [r["score"] for r in scored if r["score"] is not None]  # a corpus without references has none
         entry = {"dataset": dataset, "strategy": strategy, "n": len(scored), "errors": len(rows) - len(scored),
                  "metric": rows[0]["metric"],
-                 "score": round(100 * statistics.fmean(r["score"] for r in scored), 2) if scored else None}
+                 "score": round(100 * statistics.fmean(scores), 2) if scores else None}
         for key in MEANS:
             values = [r[key] for r in scored if r[key] is not None]
             entry[key] = round(statistics.fmean(values), 2) if values else None
@@ -89,7 +90,7 @@ def plots(store: Store, directory: Path) -> list[Path]:
     matplotlib.use("Agg")
     written = []
     for dataset in store.datasets():
-        rows = [r for r in store.rows(dataset) if r["error"] is None]
+        rows = [r for r in store.rows(dataset) if r["error"] is None and r["score"] is not None]
         if not rows:
             continue
         written.append(_length_plot(dataset, rows, directory))

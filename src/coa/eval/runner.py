@@ -1,10 +1,15 @@
-"""`coa eval`: every (example, strategy) pair once, results streamed into the run's store."""
+"""`coa eval` and `coa batch`: every (example, strategy) pair once, results streamed into the run's store.
+
+Which pairs are pending (resume, retry, rerun) is decided here; where they run is an
+executor's business (coa.eval.executors: this process, or a Ray cluster).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
 import subprocess
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -15,13 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from coa.config import Config
-from coa.errors import CoaError, ConfigError
-from coa.eval import metrics
-from coa.eval.datasets import Example, load
+from coa.errors import ConfigError, InputError
+from coa.eval.datasets import Example, Source, jsonl, load
+from coa.eval.executors import Executor, LocalExecutor
+from coa.eval.executors import run_pair as run_pair  # where it lived before the executors
 from coa.eval.store import Store
 from coa.models.base import Model
 from coa.strategies import get_strategy
 from coa.strategies.base import parse_options, parse_pairs
+from coa.task import Kind
 
 # Settings that must match for a resumed run to extend the same experiment.
 FIXED = ("model", "window", "max_cu_tokens", "temperature", "seed", "options")
@@ -97,15 +104,29 @@ class Outcome:
     store: Store
     ran: int = 0
     errors: list[str] = field(default_factory=list)  # of the pairs it ran, in the dataset's order
+    skipped: int = 0  # pairs finished by an earlier run of the same store
 
     @property
     def all_failed(self) -> bool:
         return self.ran > 0 and len(self.errors) == self.ran
 
 
-def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = None) -> Outcome:
-    """Run every pending pair. Settings are stored once the dataset has loaded, so a command
-    that fails before then leaves nothing that the corrected command would trip over."""
+def evaluate(evaluation: Evaluation, model: Model, *, executor: Executor | None = None,
+             console: Console | None = None) -> Outcome:
+    """Run every pending pair of the dataset, on `executor` (default: this process, on `model`);
+    `model` also measures lengths for the datasets that are built to a size."""
+
+    def examples() -> list[Example]:
+        return load(evaluation.dataset, data_dir=evaluation.data_dir, options=evaluation.options,
+                    seed=evaluation.seed, count_tokens=model.count_tokens, limit=evaluation.limit)
+
+    return execute(evaluation, examples, executor or LocalExecutor(model, evaluation.concurrency), console=console)
+
+
+def execute(evaluation: Evaluation, examples: Callable[[], list[Example]], executor: Executor, *,
+            console: Console | None = None) -> Outcome:
+    """Run the pending pairs of `examples()`. Settings are stored once the examples have loaded, so a
+    command that fails before then leaves nothing that the corrected command would trip over."""
     specs = [StrategySpec.parse(s) for s in evaluation.strategies]
     if not specs:
         raise ConfigError("give at least one strategy")
@@ -131,60 +152,100 @@ def evaluate(evaluation: Evaluation, model: Model, *, console: Console | None = 
         config["strategies"] = list(dict.fromkeys(previous["strategies"] + config["strategies"]))
         config["started"] = previous["started"]
         config["git"] = ", ".join(dict.fromkeys(h for h in [*(previous.get("git") or "").split(", "), config["git"]] if h))
-    examples = load(evaluation.dataset, data_dir=evaluation.data_dir, options=evaluation.options,
-                    seed=evaluation.seed, count_tokens=model.count_tokens, limit=evaluation.limit)
+    loaded = examples()
     store.set_config(evaluation.dataset, config)  # only once the data loaded
     store.forget(evaluation.dataset, rerun)  # likewise: a bad --data-dir drops nothing
     done = store.finished(evaluation.dataset, errors=not evaluation.retry_errors)
-    pending = [(i, e, s) for i, e in enumerate(examples) for s in specs if (e.id, s.label) not in done]
+    pending = [(i, e, s) for i, e in enumerate(loaded) for s in specs if (e.id, s.label) not in done]
     run_settings = Config(window=evaluation.window, max_cu_tokens=evaluation.max_cu_tokens,
                           temperature=evaluation.temperature, seed=evaluation.seed)
-    rows = asyncio.run(_run(pending, evaluation, model, run_settings, store, console or Console(stderr=True)))
-    return Outcome(store, len(rows), [r["error"] for r in rows if r["error"] is not None])
+    rows = _run(pending, evaluation.dataset, run_settings, executor, store, console or Console(stderr=True))
+    return Outcome(store, len(rows), [r["error"] for r in rows if r["error"] is not None],
+                   skipped=len(loaded) * len(specs) - len(pending))
 
 
-async def _run(pending, evaluation: Evaluation, model: Model, config: Config, store: Store,
-               console: Console) -> list[dict]:
-    slots = asyncio.Semaphore(max(1, evaluation.concurrency))
+def _run(pending, dataset: str, config: Config, executor: Executor, store: Store, console: Console) -> list[dict]:
+    """The rows of the pending pairs, each saved the moment it comes back; in the pairs' order."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
+    rows: dict[tuple[str, str], dict] = {}
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"{evaluation.dataset}", total=len(pending))
+        bar = progress.add_task(dataset, total=len(pending))
 
-        async def one(position: int, example: Example, spec: StrategySpec) -> dict:
-            async with slots:
-                row = await run_pair(evaluation.dataset, position, example, spec, model, config)
-                store.save(row)
+        def on_row(row: dict) -> None:
+            store.save(row)
+            rows[row["example"], row["strategy"]] = row
             progress.advance(bar)
-            return row
 
-        return list(await asyncio.gather(*(one(*pair) for pair in pending)))
+        executor.run(dataset, config, pending, on_row)
+    return [rows[e.id, s.label] for _, e, s in pending if (e.id, s.label) in rows]
 
 
-async def run_pair(dataset: str, position: int, example: Example, spec: StrategySpec, model: Model, config: Config) -> dict:
-    """One strategy on one example, as a results row; a failure is recorded, not raised."""
-    row: dict[str, Any] = {
-        "dataset": dataset, "example": example.id, "strategy": spec.label, "position": position,
-        "refs": example.references, "metric": example.metric, "meta": example.meta, "document_tokens": None,
-        "prediction": None, "score": None, "calls": None, "prompt_tokens": None, "completion_tokens": None,
-        "seconds": None, "trace": None, "error": None,
-    }
-    started = time.perf_counter()
-    try:
-        row["document_tokens"] = example.meta.get("tokens") or model.count_tokens(example.task.document)
-        strategy = get_strategy(spec.name)(model, config, options=spec.options)
-        result = await strategy.arun(example.task)
-    except CoaError as e:
-        return {**row, "error": str(e), "seconds": time.perf_counter() - started}
-    except Exception as e:  # a bug or a backend failure must not end a long run
-        return {**row, "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - started}
-    row.update(prediction=result.answer, seconds=time.perf_counter() - started)
-    try:  # the answer is kept even where accounting or scoring fails
-        usage = result.usage
-        row.update(trace=result.to_dict(), calls=usage.calls, prompt_tokens=usage.prompt_tokens,
-                   completion_tokens=usage.completion_tokens, seconds=usage.seconds)
-        context = {"choices": len(example.task.choices) or 4, "all_classes": example.meta.get("all_classes", [])}
-        row["score"] = metrics.score(example.metric, result.answer, example.references, **context)
-    except Exception as e:
-        row["error"] = f"scoring failed: {type(e).__name__}: {e}"
-    return row
+# -- coa batch: a corpus of documents and questions, references optional ---------------------
+def read_corpus(path: Path, limit: int | None = None) -> list[Example]:
+    """The tasks of a JSONL corpus, from its first `limit` rows. Rows are those of `jsonl:`
+    datasets, with `answers` optional (unscored without); a row may give `questions`, a list:
+    one task per question over the same document, ids ID#0, ID#1, ... (and `answers`, if
+    given, then holds one entry per question)."""
+    from coa.eval.metrics import METRICS
+
+    # The fields are read by the jsonl: dataset's own readers, so that a row means the same to both.
+    source = Source(Path(), {}, 0, len, str(path))  # only the path matters to jsonl.rows
+    examples: list[Example] = []
+    ids: set[str] = set()
+    for count, (n, row) in enumerate(jsonl.rows(source), 1):
+        where = f"{path}:{n}"
+        document = jsonl.text_field(row, where, "context", "document", required=True)
+        row_id = str(row.get("_id", row.get("id", n)))
+        questions = row.get("questions")
+        if questions is None:
+            query = jsonl.text_field(row, where, "input", "question", "query")
+            queries = [(row_id, query, _references(row.get("answers", row.get("answer")), where))]
+        else:
+            if not (isinstance(questions, list) and questions and all(isinstance(q, str) and q.strip() for q in questions)):
+                raise InputError(f"{where}: 'questions' must be a non-empty list of texts")
+            answers = row.get("answers")
+            if answers is not None and not (isinstance(answers, list) and len(answers) == len(questions)):
+                raise InputError(f"{where}: with 'questions', 'answers' must be a list of one entry per question "
+                                 f"({len(questions)})")
+            queries = [(f"{row_id}#{k}", q, _references(answers[k] if answers else None, where))
+                       for k, q in enumerate(questions)]
+        choices = row.get("choices") or []
+        if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+            raise InputError(f"{where}: 'choices' must be a list of texts")
+        kind = row.get("kind") or (Kind.MCQ if choices else Kind.QA if queries[0][1] else Kind.SUMMARIZE)
+        if kind not in [k.value for k in Kind]:
+            raise InputError(f"{where}: unknown kind {kind!r}; use one of: {', '.join(k.value for k in Kind)}")
+        metric = row.get("metric") or jsonl.DEFAULT_METRIC[Kind(kind)]
+        if metric not in METRICS:
+            raise InputError(f"{where}: unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+        for task_id, query, references in queries:
+            if task_id in ids:  # results are stored by id: a second task would overwrite the first
+                raise InputError(f"{where}: id {task_id!r} is used twice")
+            ids.add(task_id)
+            task = jsonl.make_task(where, document, query, kind, tuple(choices))
+            examples.append(Example(id=task_id, task=task, references=references, metric=metric))
+        if count == limit:  # before the next line is read: a broken row past the limit does not matter
+            break
+    if not examples:
+        raise InputError(f"{path}: no rows")
+    return examples
+
+
+def _references(value: object, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        raise InputError(f"{where}: 'answers' must be a text or a list of texts, not {jsonl.json_type(value)}")
+    return [str(a) for a in value] if isinstance(value, list) else [str(value)]
+
+
+def write_answers(store: Store, dataset: str, path: Path) -> None:
+    """Every stored row of `dataset` as JSONL (id, strategy, answer, error), in the corpus's order;
+    written beside and renamed into place, so the file is whole at any moment."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    with temporary.open("w", encoding="utf-8") as out:
+        for row in store.rows(dataset):
+            out.write(json.dumps({"id": row["example"], "strategy": row["strategy"], "answer": row["prediction"],
+                                  "error": row["error"]}, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)

@@ -24,7 +24,7 @@ from typing import Any
 
 from coa.errors import ConfigError, InputError
 from coa.eval.datasets import Example, Source, dataset
-from coa.eval.datasets.jsonl import LONGBENCH, _answers, _task, _text
+from coa.eval.datasets.jsonl import LONGBENCH, _answers, make_task, text_field
 from coa.eval.datasets.leval import split_options
 from coa.extras import require
 from coa.task import Kind
@@ -134,7 +134,7 @@ def _longbench(table: Iterable[dict], where: str, config: str | None, stem: str,
     for n, row in enumerate(table):
         at = f"{where} row {n}"
         name = config or row.get("dataset") or stem  # as longbench:PATH: the most specific name given
-        query = (_text(row, at, "input") or "").strip() or None
+        query = (text_field(row, at, "input") or "").strip() or None
         if name in LONGBENCH:
             kind, known, requirement = LONGBENCH[name]
             if kind is Kind.QA and not query:
@@ -144,7 +144,7 @@ def _longbench(table: Iterable[dict], where: str, config: str | None, stem: str,
         else:
             raise InputError(f"{at}: {name!r} is not a LongBench dataset, so its metric is unknown: "
                              f"name one with --opt metric=... or hf:NAME:CONFIG ({', '.join(sorted(LONGBENCH))})")
-        task = _task(at, _text(row, at, "context", required=True), query, kind, (), requirement)
+        task = make_task(at, text_field(row, at, "context", required=True), query, kind, (), requirement)
         yield Example(id=str(row.get("_id") or n), task=task, references=_answers(row, at), metric=metric or known,
                       meta={"dataset": name, "all_classes": row.get("all_classes") or [], "length": row.get("length")})
 
@@ -152,7 +152,7 @@ def _longbench(table: Iterable[dict], where: str, config: str | None, stem: str,
 def _leval(table: Iterable[dict], where: str, metric: str | None, source: Source) -> Iterator[Example]:
     for d, row in enumerate(table):
         at = f"{where} row {d}"
-        document = _text(row, at, "input", required=True) or ""
+        document = text_field(row, at, "input", required=True) or ""
         instructions, outputs = row.get("instructions"), row.get("outputs")
         if not (isinstance(instructions, list) and all(isinstance(i, str) for i in instructions)
                 and isinstance(outputs, list) and len(instructions) == len(outputs)):
@@ -167,10 +167,10 @@ def _leval(table: Iterable[dict], where: str, metric: str | None, source: Source
             if chosen == "choice" and not metric and len(options) < 2:
                 chosen = "exact_match"  # an "exam" without lettered options (topic retrieval): the answer itself
             if chosen == "choice":
-                task = _task(at, document, question, Kind.MCQ, tuple(options))
+                task = make_task(at, document, question, Kind.MCQ, tuple(options))
             elif chosen in ("rouge", "rougeL"):
-                task = _task(at, document, instruction.strip(), Kind.SUMMARIZE)
+                task = make_task(at, document, instruction.strip(), Kind.SUMMARIZE)
             else:
-                task = _task(at, document, instruction.strip(), Kind.QA)
+                task = make_task(at, document, instruction.strip(), Kind.QA)
             yield Example(id=f"{d}-{q}", task=task, references=[str(output)], metric=chosen,
                           meta={"tokens": tokens, "document": d, "evaluation": evaluation})

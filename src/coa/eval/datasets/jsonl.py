@@ -56,22 +56,22 @@ def rows(source: Source) -> Iterator[tuple[int, dict]]:
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object, not {_json_type(row)}")
+                raise InputError(f"{path}:{n}: expected a JSON object, not {json_type(row)}")
             yield n, row
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
     return names.get(type(value), "null")
 
 
-def _text(row: dict, where: str, *keys: str, required: bool = False) -> str | None:
+def text_field(row: dict, where: str, *keys: str, required: bool = False) -> str | None:
     """The first of `keys` that `row` gives a value, which must be a text."""
     for key in keys:
         value = row.get(key)
         if value is not None and value != "":
             if not isinstance(value, str):
-                raise InputError(f"{where}: {key!r} must be a text, not {_json_type(value)}")
+                raise InputError(f"{where}: {key!r} must be a text, not {json_type(value)}")
             return value
     if required:
         raise InputError(f"{where}: no {' or '.join(map(repr, keys))} field")
@@ -85,7 +85,7 @@ def _answers(row: dict, where: str) -> list[str]:
     return [str(a) for a in answers] if isinstance(answers, list) else [str(answers)]
 
 
-def _task(where: str, *args) -> Task:
+def make_task(where: str, *args) -> Task:
     try:
         return Task(*args)
     except InputError as e:  # an empty context, a question missing, ...
@@ -98,8 +98,8 @@ def jsonl(source: Source) -> Iterator[Example]:
 
     for n, row in rows(source):
         where = f"{source.argument}:{n}"
-        document = _text(row, where, "context", "document", required=True)
-        query = _text(row, where, "input", "question", "query")
+        document = text_field(row, where, "context", "document", required=True)
+        query = text_field(row, where, "input", "question", "query")
         choices = row.get("choices") or []
         if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
             raise InputError(f"{where}: 'choices' must be a list of texts")
@@ -109,7 +109,7 @@ def jsonl(source: Source) -> Iterator[Example]:
         metric = row.get("metric") or DEFAULT_METRIC[Kind(kind)]
         if metric not in METRICS:  # found now, not when the first answer is scored
             raise InputError(f"{where}: unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
-        yield Example(id=str(row.get("_id", row.get("id", n))), task=_task(where, document, query, kind, tuple(choices)),
+        yield Example(id=str(row.get("_id", row.get("id", n))), task=make_task(where, document, query, kind, tuple(choices)),
                       references=_answers(row, where), metric=metric, meta={})
 
 
@@ -122,9 +122,9 @@ def longbench(source: Source) -> Iterator[Example]:
             raise InputError(f"LongBench dataset {name!r} is not supported; known: {', '.join(sorted(LONGBENCH))}")
         kind, metric, requirement = LONGBENCH[name]
         where = f"{source.argument}:{n}"
-        query = (_text(row, where, "input") or "").strip() or None
+        query = (text_field(row, where, "input") or "").strip() or None
         if kind is Kind.QA and not query:
             query = requirement
-        task = _task(where, _text(row, where, "context", required=True), query, kind, (), requirement)
+        task = make_task(where, text_field(row, where, "context", required=True), query, kind, (), requirement)
         yield Example(id=str(row.get("_id", n)), task=task, references=_answers(row, where), metric=metric,
                       meta={"dataset": name, "all_classes": row.get("all_classes") or [], "length": row.get("length")})
