@@ -75,6 +75,7 @@ def test_needle_in_the_middle_comes_back(books, embedded, tmp_path):
     workers = [c for c in data["calls"] if c["role"] == "worker"]
     assert len(workers) >= 3 and data["calls"][-1]["role"] == "manager"
     assert "BLUE-HARBOR-42" in data["answer"]
+    assert data["settings"]["rechunks"] == 0 and data["token_counter"] == "model tokenizer"  # chunks fit first time
     for call in data["calls"]:
         assert call["prompt_tokens"] + call["completion_tokens"] <= 2048
     # The needle sits in a middle chunk, so the chain carried it through later workers.

@@ -270,5 +270,6 @@ def test_coa_ask_runs_on_llama_server_and_records_cached_tokens(llama_server, tm
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["answer"].strip() and len(data["calls"]) >= 3 and data["token_counter"] == "/tokenize"
+    assert data["settings"]["rechunks"] == 0  # chunks cut on the server's token offsets fit first time
     # Calls on a slot that served one before find at least the chat template's opening cached.
     assert sum(call["cached_tokens"] for call in data["calls"]) > 0
