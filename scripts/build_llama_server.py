@@ -73,6 +73,11 @@ def llama_tree(root: Path, version: str) -> Path:
     fail(f"{root} holds no llama.cpp source (expected vendor/llama.cpp or tools/server)")
 
 
+def tool(name: str) -> str | None:
+    """A build tool on PATH, else the one pip installed beside this Python (the `dev` extra's cmake)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
 def build(dest: Path, cmake_args: list[str], source: Path | None, jobs: int, version: str) -> None:
     # The scratch folder sits beside the destination and is removed after a success, so a
     # killed build leaves no half binary and the next run starts clean.
@@ -84,10 +89,12 @@ def build(dest: Path, cmake_args: list[str], source: Path | None, jobs: int, ver
         if source.is_file():
             source = unpack(source, scratch / "src")
         tree = llama_tree(source, version)
-        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        cmake, ninja = tool("cmake"), tool("ninja")
+        assert cmake is not None  # checked by main
+        generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
         print(f"configuring {tree} with {' '.join(cmake_args)}", flush=True)
-        subprocess.run(["cmake", "-S", str(tree), "-B", str(scratch / "build"), *generator, *cmake_args], check=True)
-        subprocess.run(["cmake", "--build", str(scratch / "build"), "--target", llamabuild.SERVER_TARGET,
+        subprocess.run([cmake, "-S", str(tree), "-B", str(scratch / "build"), *generator, *cmake_args], check=True)
+        subprocess.run([cmake, "--build", str(scratch / "build"), "--target", llamabuild.SERVER_TARGET,
                         "-j", str(jobs)], check=True)
         built = scratch / "build" / "bin" / llamabuild.SERVER_TARGET
         if not built.is_file():
@@ -131,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--source {args.source} does not exist")
     if args.source is not None and args.source.is_dir():
         llama_tree(args.source, llamabuild.VERSION)  # a wrong folder is one line now, not after minutes
-    if not shutil.which("cmake"):
-        fail("cmake is needed to build llama-server and is not on PATH")
+    if not tool("cmake"):
+        fail("cmake is needed to build llama-server and is not on PATH (pip install cmake)")
     started = time.monotonic()
     build(dest, llamabuild.server_cmake_args(cuda_arch, args.flash_attn), args.source, args.jobs, llamabuild.VERSION)
     print(f"built {llamabuild.SERVER_TARGET} in {time.monotonic() - started:.0f} s", file=sys.stderr)
