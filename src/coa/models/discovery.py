@@ -14,29 +14,12 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
+from coa.models.replies import dig, is_count, malformed
+
 LLAMA_SERVER = "llama-server"
 # Without a tokenizer, count a token per 3 characters: English prose averages about
 # 4 characters a token with BPE vocabularies, so this over-counts and stays inside the window.
 CHARS_PER_TOKEN_ESTIMATE = 3
-
-
-class Malformed(Exception):
-    """A reply that is not what the endpoint promises."""
-
-
-def malformed(what: str, value: Any) -> Malformed:
-    shown = "null" if value is None else repr(value)[:60]
-    return Malformed(f"a malformed reply: {what} is {shown}")
-
-
-def is_count(value: Any) -> bool:
-    return type(value) is int and value >= 0  # bool is an int subclass, and no count
-
-
-def dig(data: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
 
 
 # -- the server ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,18 +31,15 @@ from coa.errors import CoaError, ConfigError, ContextOverflowError, ModelError
 from coa.models.base import Completion, Messages, count_prompt
 from coa.models.discovery import (
     CHARS_PER_TOKEN_ESTIMATE,
-    Malformed,
     Server,
-    dig,
     estimate,
     identify,
-    is_count,
     listed_window,
-    malformed,
     piece_offsets,
     tiktoken_encoding,
     tokenizers,
 )
+from coa.models.replies import Malformed, chat_reply, embeddings
 from coa.models.urls import redact, scrub
 
 DEFAULT_TIMEOUT = 120.0  # seconds for one call, every retry included
@@ -141,7 +138,7 @@ class OpenAIModel:
         if seed is not None:
             payload["seed"] = seed
         started = time.perf_counter()
-        reply = self._call(f"{self.base_url}/chat/completions", payload, _chat_reply)
+        reply = self._call(f"{self.base_url}/chat/completions", payload, chat_reply)
         seconds = time.perf_counter() - started
         return Completion(
             text=reply.text,
@@ -195,7 +192,7 @@ class OpenAIModel:
         # max_tokens 0: the prompt is evaluated and kept; llama-server still samples one token
         # (a single decoding step), which is dropped.
         payload = self._chat_payload(messages, 0)
-        reply = self._call(f"{self.base_url}/chat/completions", payload, _chat_reply)
+        reply = self._call(f"{self.base_url}/chat/completions", payload, chat_reply)
         if reply.evaluated is not None:
             return reply.evaluated
         return max(0, (reply.usage.get("prompt_tokens") or 0) - (reply.cached or 0))
@@ -210,7 +207,7 @@ class OpenAIModel:
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Embeddings from the server's /embeddings endpoint, in the order of `texts`."""
         payload = {"model": self.model, "input": texts}
-        return self._call(f"{self.base_url}/embeddings", payload, lambda data: _embeddings(data, len(texts)))
+        return self._call(f"{self.base_url}/embeddings", payload, lambda data: embeddings(data, len(texts)))
 
     @cached_property
     def context_window(self) -> int:
@@ -340,70 +337,6 @@ class OpenAIModel:
                 warning = f"{error}; token counts are estimated from here on (a token per {CHARS_PER_TOKEN_ESTIMATE} characters)"
                 self.warnings.append(warning)
                 log.warning(warning)
-
-
-# -- replies: anything malformed is a failure worth retrying, never an answer -----------------
-class _Reply(NamedTuple):
-    text: str
-    finish_reason: str | None
-    usage: dict
-    cached: int | None  # prompt tokens the server reused from its cache, where it says
-    evaluated: int | None  # prompt tokens it computed (llama-server's timings.prompt_n)
-    prefill_seconds: float | None  # the time it took (llama-server's timings.prompt_ms)
-
-
-def _chat_reply(data: Any) -> _Reply:
-    choices = dig(data, ("choices",))
-    if not isinstance(choices, list) or not choices:
-        raise malformed("choices", choices)
-    content = dig(choices[0], ("message", "content"))
-    if not isinstance(content, str):
-        raise malformed("choices[0].message.content", content)
-    finish_reason = choices[0].get("finish_reason")
-    if finish_reason is not None and not isinstance(finish_reason, str):
-        raise malformed("choices[0].finish_reason", finish_reason)
-    usage = data.get("usage") or {}
-    if not isinstance(usage, dict):
-        raise malformed("usage", usage)
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        if key in usage and usage[key] is not None and not is_count(usage[key]):
-            raise malformed(f"usage.{key}", usage[key])
-    # Cached tokens: usage.prompt_tokens_details.cached_tokens (OpenAI, vLLM, llama-server),
-    # else llama-server's timings.cache_n.
-    details, timings = usage.get("prompt_tokens_details"), data.get("timings")
-    cached = _count_in(details, "usage.prompt_tokens_details", "cached_tokens")
-    cache_n = _count_in(timings, "timings", "cache_n")
-    evaluated = _count_in(timings, "timings", "prompt_n")
-    prompt_ms = dig(timings, ("prompt_ms",))
-    if prompt_ms is not None and not (type(prompt_ms) in (int, float) and 0 <= prompt_ms < math.inf):
-        raise malformed("timings.prompt_ms", prompt_ms)
-    seconds = None if prompt_ms is None else prompt_ms / 1000
-    return _Reply(content, finish_reason, usage, cache_n if cached is None else cached, evaluated, seconds)
-
-
-def _count_in(parent: Any, where: str, key: str) -> int | None:
-    """parent[key], a count, where both are there."""
-    if parent is None:
-        return None
-    if not isinstance(parent, dict):
-        raise malformed(where, parent)
-    value = parent.get(key)
-    if value is not None and not is_count(value):
-        raise malformed(f"{where}.{key}", value)
-    return value
-
-
-def _embeddings(data: Any, expected: int) -> list[list[float]]:
-    rows = dig(data, ("data",))
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise malformed("data", rows)
-    if len(rows) != expected:
-        raise Malformed(f"a malformed reply: {len(rows)} embeddings for {expected} inputs")
-    vectors = [row.get("embedding") for row in sorted(rows, key=lambda row: row.get("index", 0))]
-    for vector in vectors:
-        if not isinstance(vector, list) or not vector or not all(isinstance(x, (int, float)) for x in vector):
-            raise malformed("an embedding", vector)
-    return vectors
 
 
 def _retry_after(value: str | None) -> float | None:
