@@ -2,9 +2,11 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,3 +100,37 @@ def serve(handler):
         yield f"http://127.0.0.1:{server.server_port}/v1"
     finally:
         server.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server_process(command: list[str], ready_url: str, log_dir: Path, *, name: str, timeout: float,
+                   headers: dict[str, str] | None = None):
+    """A model server started from `command`, waited for until `ready_url` answers 200 (a test
+    failure with the end of its log if it dies or takes over `timeout` s), stopped afterwards."""
+    import httpx
+
+    log = (log_dir / "server.log").open("w+")  # a pipe would fill and stall it
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(ready_url, headers=headers).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.seek(0)
+            pytest.fail(f"{name} did not start: {log.read()[-2000:]}")
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

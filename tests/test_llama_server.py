@@ -8,10 +8,8 @@ embedded SmolLM2 file and two slots, and are skipped where there is none.
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -20,7 +18,7 @@ from coa.models.discovery import identify, piece_offsets
 from coa.models.llamabuild import cache_root, find_server, server_cmake_args, server_path
 from coa.models.llamacpp import embedded_model_path
 from coa.models.openai import MAX_TRIES, OpenAIModel
-from conftest import EXAMPLE_PLAY, REPO, run_cli
+from conftest import EXAMPLE_PLAY, REPO, free_port, run_cli, server_process
 from faultserver import FaultServer, completion, respond
 
 SLOTS = 2
@@ -163,12 +161,6 @@ def test_the_build_script_says_where_and_refuses_a_wrong_source(tmp_path):
 
 
 # -- the real server -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     binary = find_server()
@@ -177,30 +169,14 @@ def llama_server(tmp_path_factory):
         pytest.skip(f"COA_LLAMA_SERVER={own} is not a file" if own else
                     "no llama-server binary: run `make llama-server` or set COA_LLAMA_SERVER to one")
     port = free_port()
-    log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("w+")  # a pipe would fill and stall it
     # One thread: where the tests share the CPUs, threads that wait for each other at every
     # step can make decoding a hundred times slower.
-    process = subprocess.Popen(
-        [str(binary), "--model", str(embedded_model_path()), "--host", "127.0.0.1", "--port", str(port),
-         "--parallel", str(SLOTS), "--ctx-size", str(SLOTS * SLOT_WINDOW), "--threads", "1", "--cache-ram", "0"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    command = [str(binary), "--model", str(embedded_model_path()), "--host", "127.0.0.1", "--port", str(port),
+               "--parallel", str(SLOTS), "--ctx-size", str(SLOTS * SLOT_WINDOW), "--threads", "1", "--cache-ram", "0"]
     root = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{root}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.seek(0)
-            pytest.fail(f"llama-server did not start: {log.read()[-2000:]}")
-        time.sleep(0.2)
-    yield root
-    process.terminate()
-    process.wait(timeout=30)
+    with server_process(command, f"{root}/health", tmp_path_factory.mktemp("llama-server"), name="llama-server",
+                        timeout=60):
+        yield root
 
 
 def model_on(root: str, window: int = 8192) -> OpenAIModel:

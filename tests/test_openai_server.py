@@ -2,17 +2,14 @@
 server (the `[server]` extra) serving the embedded GGUF file."""
 
 import json
-import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 
 from coa.models.llamacpp import embedded_model_path
 from coa.models.openai import OpenAIModel
-from conftest import EXAMPLE_PLAY, run_cli
+from conftest import EXAMPLE_PLAY, free_port, run_cli, server_process
 
 pytestmark = [pytest.mark.model, pytest.mark.server]
 
@@ -20,38 +17,16 @@ KEY = "test-key"
 SERVER_WINDOW = 2048
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")  # a pipe would fill and stall it
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
-         "--model_alias", "smol", "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", str(SERVER_WINDOW), "--n_threads", "2", "--api_key", KEY],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
+               "--model_alias", "smol", "--host", "127.0.0.1", "--port", str(port),
+               "--n_ctx", str(SERVER_WINDOW), "--n_threads", "2", "--api_key", KEY]
     base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base_url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.seek(0)
-            pytest.fail(f"llama_cpp.server did not start: {log.read()[-2000:]}")
-        time.sleep(0.5)
-    yield base_url
-    process.terminate()
-    process.wait(timeout=30)
+    with server_process(command, f"{base_url}/models", tmp_path_factory.mktemp("server"), name="llama_cpp.server",
+                        timeout=120, headers={"Authorization": f"Bearer {KEY}"}):
+        yield base_url
 
 
 @pytest.fixture(scope="module")
