@@ -305,3 +305,87 @@ def test_prefetch_is_skipped_where_the_backend_cannot_prefill():
     model = ScriptedModel(reply=echo_reply, context_window=400)
     result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"prefetch": True}).run(Task(document(60), "Who?"))
     assert [c.role for c in result.calls if c.role not in ("worker", "manager")] == []
+
+
+def chunk_of(model, number):
+    """The worker prompt (its index) whose chunk holds sentence `number`."""
+    return next(i for i, messages in enumerate(worker_prompts(model)) if f"event {number} in" in user_text(messages))
+
+
+def test_relevance_order_reads_the_chunk_that_matches_the_question_last():
+    model, coa = chain(order="relevance")
+    result = coa.run(Task(document(80), "What happened in event 57?"))
+    assert len(result.workers) > 2
+    assert chunk_of(model, 57) == len(result.workers) - 1  # nearest the manager
+    assert sorted(sentences_read(model)) == list(range(80))  # every chunk, once
+    assert result.settings["skipped_chunks"] == 0
+
+
+def test_skip_reads_only_the_chunks_that_match_the_question():
+    model, coa = chain(skip=0.5)
+    result = coa.run(Task(document(80), "What happened in event 57?"))
+    assert 57 in sentences_read(model) and len(result.workers) == 1
+    assert result.settings["skipped_chunks"] >= 2
+    model, coa = chain(skip=0.5)  # a question no chunk matches better than another: everything is read
+    assert len(coa.run(Task(document(80), "What happened in the story?")).workers) == 1 + chunk_of(model, 79)
+
+
+def test_query_aware_options_give_each_question_its_own_reading():
+    model, coa = chain(skip=0.5)
+    results = coa.run_many([Task(document(80), "What happened in event 57?"), Task(document(80), "What about event 12?")])
+    assert [len(r.workers) for r in results] == [1, 1]
+    assert "event 57 in" in user_text(results[0].workers[0].messages)
+    assert "event 12 in" in user_text(results[1].workers[0].messages)
+
+
+def test_early_exit_stops_once_an_answer_bearing_cu_stays_the_same():
+    fact = "Sentence number 3 tells of event 3 in the story."
+    model, coa = chain([fact] * 50, grounding=True, early_exit=2)
+    result = coa.run(Task(document(80), "What did sentence number 3 tell?"))
+    assert len(result.workers) == 3  # the CU is set by worker 1 and unchanged by workers 2 and 3
+    assert result.settings["early_exit_saved"] > 0
+    whole = chain([fact] * 50, grounding=True)[1].run(Task(document(80), "What did sentence number 3 tell?"))
+    assert result.settings["early_exit_saved"] + 3 == len(whole.workers)
+    # A CU that does not bear on the question (nothing beyond its words) never stops the chain.
+    model, coa = chain(["(none)"] * 50, early_exit=1)
+    result = coa.run(Task(document(80), "What did sentence number 3 tell?"))
+    assert result.settings["early_exit_saved"] == 0 and len(result.workers) > 3
+
+
+def test_citations_give_each_quote_its_place_in_the_document():
+    text = document(80)
+    quote = "Sentence number 62 tells of event 62 in the story."
+    # Worker 1 restates the question (no place); a later worker quotes sentence 62, and the next ones keep it.
+    model = ScriptedModel(context_window=400, reply=lambda m: quote if "event 62 in" in user_text(m) else "(none)")
+    coa = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"guard": False, "grounding": True})
+    result = coa.run(Task(text, "What happened in event 62?"))
+    [citation] = result.citations
+    assert text[citation.start : citation.end] == quote and citation.text == quote
+    assert citation.worker == chunk_of(model, 62)
+    data = json.loads(result.to_json())
+    assert data["citations"] == [{"text": quote, "start": citation.start, "end": citation.end, "worker": citation.worker}]
+    assert "[chars" not in user_text(model.prompts[-1])
+
+
+def test_cite_shows_the_manager_each_quote_with_its_place():
+    text = document(40)
+    quote = "Sentence number 5 tells of event 5 in the story."
+    model = ScriptedModel(context_window=400, reply=lambda m: quote)
+    coa = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"grounding": True, "cite": True})
+    result = coa.run(Task(text, "What happened in event 5?"))
+    start = text.index(quote)
+    assert f"[chars {start}-{start + len(quote)}] {quote}" in user_text(model.prompts[-1])
+    assert [(c.start, c.worker) for c in result.citations] == [(start, 0)]  # carried from the first worker on
+
+
+def test_a_restatement_is_kept_but_not_cited():
+    model, coa = chain(["In the story, event 5 happened to the number."] * 40, grounding=True)
+    result = coa.run(Task(document(40), "What happened in event 5?"))
+    assert result.workers[-1].cu and result.citations == []
+
+
+@pytest.mark.parametrize("option", ["skip=2", "skip=-0.1", "early_exit=-1", "order=best"])
+def test_bad_reading_options_are_one_line_errors(option):
+    key, value = option.split("=")
+    with pytest.raises(ConfigError, match=key):
+        chain(**{key: value})

@@ -23,6 +23,7 @@ from bm25s.stopwords import STOPWORDS_EN_PLUS
 from rapidfuzz import fuzz
 
 from coa.chunking import sentences
+from coa.task import Citation
 
 # partial_ratio of a sentence against its best-matching stretch of a source, 0-100:
 # a copy with changed punctuation or line breaks scores above this, a paraphrase below.
@@ -73,3 +74,43 @@ def content_words(text: str) -> set[str]:
 
 def _normal(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def locate(sentence: str, source: str) -> tuple[int, int] | None:
+    """Where `source` holds `sentence` nearly verbatim, as character offsets into `source`; None for a
+    restatement or a sentence too short to place."""
+    if len(sentence.split()) < MIN_COPY_WORDS or not source:
+        return None
+    # Lower case keeps offsets (collapsing whitespace would not): a copy whose line breaks
+    # became spaces still scores above the threshold.
+    match = fuzz.partial_ratio_alignment(sentence.lower(), source.lower(), score_cutoff=MIN_SIMILARITY)
+    return (match.dest_start, match.dest_end) if match else None
+
+
+def bears_on(text: str, query: str) -> bool:
+    """Whether a sentence of `text` is about the question and says something beyond it: an
+    answer-shaped span ("The magic number for X is 42."), not a restated question or "(none)"."""
+    asked = content_words(query)
+    return any((words := content_words(s)) & asked and words - asked for s in sentences(text))
+
+
+def cite(cu: str, chunk: str, offset: int, earlier: Sequence[Citation], worker: int) -> list[Citation]:
+    """Citations for the lines of a grounded CU: a line carried over keeps the place it was first
+    quoted from, a line copied from `chunk` (which starts at `offset` in the document) gets its place
+    there, and a restatement has none."""
+    before = {_normal(c.text): c for c in earlier}
+    found = []
+    for line in filter(None, (line.strip() for line in cu.splitlines())):
+        if (carried := before.get(_normal(line))) is not None:
+            found.append(carried)
+        elif (place := locate(line, chunk)) is not None:
+            found.append(Citation(line, offset + place[0], offset + place[1], worker))
+        elif (near := max(earlier, key=lambda c: fuzz.ratio(_normal(c.text), _normal(line)), default=None)) and \
+                fuzz.ratio(_normal(near.text), _normal(line)) >= MIN_SIMILARITY:
+            found.append(Citation(line, near.start, near.end, near.worker))  # re-copied with small changes
+    return found
+
+
+def same(a: str, b: str) -> bool:
+    """The same text but for case and spacing."""
+    return _normal(a) == _normal(b)

@@ -55,6 +55,16 @@ class Task:
         return [f"{letter}. {text}" for letter, text in zip(LETTERS, self.choices, strict=False)]
 
 
+@dataclass(frozen=True)
+class Citation:
+    """A quote passed on as evidence, and where the document holds it."""
+
+    text: str  # the sentence as it was passed on
+    start: int  # character offsets in the document of the stretch it was found in
+    end: int
+    worker: int  # the worker (0-based, in reading order) that quoted it
+
+
 @dataclass
 class Call:
     """One model call in a run."""
@@ -98,6 +108,7 @@ class Result:
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     token_counter: str | None = None  # how the backend's tokens were counted (model tokenizer, server endpoint, tiktoken, estimate)
+    citations: list[Citation] = field(default_factory=list)  # the evidence the answer was given, where the strategy keeps it
 
     @property
     def usage(self) -> Usage:

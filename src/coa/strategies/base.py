@@ -19,7 +19,7 @@ from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
 from coa.registry import Registry
 from coa.strategies.options import NoOptions, Options, parse_options, parse_pairs  # noqa: F401  (callers import them from here)
 from coa.strategies.options import Options as BaseOptions
-from coa.task import Call, Kind, Result, Task
+from coa.task import Call, Citation, Kind, Result, Task
 
 CODE_QUERY_LINES = 20
 
@@ -122,6 +122,7 @@ class Session:
         self._slots = asyncio.Semaphore(max(1, config.concurrency))
         self._planned: dict[str, int] = {}
         self._index: tuple[str, TokenIndex] | None = None
+        self.citations: list[Citation] = []  # set by a strategy that keeps the evidence it answered from
 
     # -- prompts and budgets ---------------------------------------------------------------
     def prompt(self, strategy: str, role: str, kind: Kind | None = None) -> Prompt:
@@ -240,6 +241,7 @@ class Session:
             settings={"temperature": self.config.temperature, "seed": self.config.seed, **settings},
             warnings=list(getattr(self.model, "warnings", ())),  # e.g. a server tokenizer that stopped answering
             token_counter=getattr(self.model, "token_counter", None),
+            citations=list(self.citations),
         )
 
 

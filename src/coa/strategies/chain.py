@@ -7,30 +7,37 @@ import asyncio
 import os
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, FiniteFloat
 
 from coa.answers import is_refusal
 from coa.budget import MIN_CHUNK_TOKENS
 from coa.chunking import Chunk
 from coa.errors import ContextOverflowError
 from coa.fence import unfence
-from coa.grounding import grounded
+from coa.grounding import bears_on, cite, grounded, same
 from coa.models.base import Messages, truncate_to_tokens
 from coa.strategies.base import Session, Strategy, query_text, register
 from coa.strategies.options import Options
-from coa.task import Task
+from coa.strategies.rag import bm25_scores
+from coa.task import Citation, Task
 
 RECHUNK_FACTOR = 0.75  # after an overflow, chunks are re-split this much smaller
 MAX_RECHUNKS = 3
 
-Order = Literal["ltr", "rtl", "perm"]
+Order = Literal["ltr", "rtl", "perm", "relevance"]
 
 
 class ChainOptions(Options):
-    order: Order = Field("ltr", description="workers left to right, right to left, or in a permutation seeded by --seed")
+    order: Order = Field("ltr", description="workers left to right, right to left, in a permutation seeded by --seed, "
+                         "or by relevance: the chunks that match the question best (BM25) last, nearest the manager")
+    skip: FiniteFloat = Field(0.0, ge=0, le=1, description="chunks whose BM25 match with the question is below this share "
+                              "of the best chunk's are not read (0: read every chunk)")
+    early_exit: int = Field(0, ge=0, description="stop once this many workers in a row left a CU that bears on the "
+                            "question unchanged (0: never)")
+    cite: bool = Field(False, description="the manager sees each quote of the CU with its place in the document")
     manager: bool = Field(True, description="false: the last worker's CU is the answer (the paper's ablation)")
     guard: bool = Field(True, description="a refusal-only worker output does not replace the CU (chain collapse)")
     grounding: bool | None = Field(None, description="keep only CU sentences the sources support; auto: on for QA kinds")
@@ -45,6 +52,11 @@ class Chain:
     cu: str = ""
     rechunks: int = 0
     budget: int = 0
+    citations: list[Citation] = field(default_factory=list)  # of the lines of `cu`
+    skipped: int = 0  # chunks not read: they did not match the question
+    unchanged: int = 0  # workers in a row that left an answer-bearing CU as it was
+    stopped: bool = False  # early exit
+    saved: int = 0  # worker calls early exit saved
 
 
 @register
@@ -58,16 +70,22 @@ class ChainOfAgents(Strategy):
         if len({task.document for _, task in runs}) > 1:
             return await super().solve_many(runs)
         options: ChainOptions = self.options
+        if query_aware(options) and len(runs) > 1:  # each question reads its own chunks in its own order
+            return [outcome for run in runs for outcome in await self.solve_many([run])]
         limits = [manager_tokens(session, task) if options.manager else 0 for session, task in runs]
         chains = await run_chains(runs, options, seed=self.config.seed)
         outcomes = []
         for (session, task), chain, max_tokens in zip(runs, chains, limits, strict=True):
-            answer = await manage(session, task, chain.cu, max_tokens) if options.manager else chain.cu
+            session.citations = chain.citations
+            summary = quoted(chain.cu, chain.citations) if options.cite else chain.cu
+            answer = await manage(session, task, summary, max_tokens) if options.manager else chain.cu
             outcomes.append((answer, {
                 "max_cu_tokens": cu_limit(session),
                 "chunk_tokens": chain.budget,
                 "rechunks": chain.rechunks,
                 "grounding": grounding_for(options, task),
+                "skipped_chunks": chain.skipped,
+                "early_exit_saved": chain.saved,
             }))
         return outcomes
 
@@ -92,12 +110,37 @@ def chunk_budget(session: Session, task: Task) -> int:
     return session.budget(worker_messages(session, task, "", "x", 1, 1), 2 * limit, "worker")  # CU in + CU out
 
 
-def ordered(chunks: list[Chunk], order: Order, seed: int) -> list[Chunk]:
+def query_aware(options: ChainOptions) -> bool:
+    return options.order == "relevance" or options.skip > 0
+
+
+def reading(chunks: list[Chunk], options: ChainOptions, task: Task, seed: int) -> tuple[list[Chunk], int]:
+    """The chunks to read, in reading order, and how many are skipped. Relevance is BM25 between each
+    chunk and the question (with its options); a task without a query is read whole, left to right."""
+    query = " ".join([task.query or "", *task.choices]).strip()
+    if not query_aware(options) or not query or len(chunks) < 2:
+        return ordered(chunks, "ltr" if options.order == "relevance" else options.order, seed), 0
+    scores = bm25_scores([c.text for c in chunks], query)
+    best = max(scores)
+    kept = [i for i, score in enumerate(scores) if best <= 0 or score >= options.skip * best]
+    if options.order == "relevance":  # the best match last, next to the manager; ties in document order
+        return [chunks[i] for i in sorted(kept, key=lambda i: scores[i])], len(chunks) - len(kept)
+    return ordered([chunks[i] for i in kept], options.order, seed), len(chunks) - len(kept)
+
+
+def ordered(chunks: list[Chunk], order: str, seed: int) -> list[Chunk]:
     if order == "rtl":
         return chunks[::-1]
     if order == "perm":
         return random.Random(seed).sample(chunks, len(chunks))
     return chunks
+
+
+def quoted(cu: str, citations: list[Citation]) -> str:
+    """The CU for the manager with each quote's place in the document: "[chars 120-164] ..."."""
+    places = {c.text: c for c in citations}
+    return "\n".join(f"[chars {c.start}-{c.end}] {line}" if (c := places.get(line.strip())) else line
+                     for line in cu.splitlines())
 
 
 async def run_chain(
@@ -131,9 +174,16 @@ async def run_chains(
     chains = [Chain(budget=budget) for _ in runs]
     asked = [" ".join([query_text(t), *t.choices]) if grounding_for(options, t) else None for _, t in runs]
     read: list[list[tuple[int, int]]] = [[] for _ in runs]  # spans each chain has read: an overflow re-splits mid-step
-    queue = deque(ordered(session.chunks(task, budget), options.order, seed or 0))
+    chunks, skipped = reading(session.chunks(task, budget), options, task, seed or 0)
+    for chain in chains:
+        chain.skipped = skipped
+    queue = deque(chunks)
     done = 0
     while queue:
+        if all(chain.stopped for chain in chains):
+            for chain in chains:
+                chain.saved += len(queue)
+            break
         chunk = queue.popleft()
         if chunk.tokens > budget:  # the budget shrank after an overflow
             queue.extendleft(reversed(session.chunks(task, budget, within=chunk)))
@@ -144,14 +194,22 @@ async def run_chains(
             for (s, t), chain, spans, question in zip(runs, chains, read, asked, strict=True):
                 if any(a <= chunk.start and chunk.end <= b for a, b in spans):
                     continue
+                if chain.stopped:
+                    chain.saved += 1
+                    continue
                 s.plan("worker", total)
                 previous = truncate_to_tokens(s.model, chain.cu, limit)
                 messages = worker_messages(s, t, chunk.text, previous, done + 1, total)
                 call = await s.call(
                     "worker", done, messages, limit, span=chunk.span, temperature=temperature, seed=seed, path=path
                 )
-                chain.cu, call.note = next_cu(call.output, previous, chunk.text, question, guard=options.guard)
-                call.cu = chain.cu
+                cu, call.note = next_cu(call.output, previous, chunk.text, question, guard=options.guard)
+                if options.early_exit and t.kind.needs_query:
+                    chain.unchanged = chain.unchanged + 1 if same(cu, previous) and bears_on(cu, query_text(t)) else 0
+                    chain.stopped = chain.unchanged >= options.early_exit
+                if question is not None:
+                    chain.citations = cite(cu, chunk.text, chunk.start, chain.citations, done)
+                chain.cu = call.cu = cu
                 spans.append((chunk.start, chunk.end))
         except ContextOverflowError:
             if ahead is not None:
