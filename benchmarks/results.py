@@ -1,11 +1,15 @@
-"""Reproduce benchmarks/RESULTS.md: the embedded model at window 2048 on four datasets.
+"""Reproduce benchmarks/RESULTS.md: the embedded model at window 2048 on six datasets.
 
-    .venv/bin/python benchmarks/results.py [--strategies coa,vanilla,rag] [--runs runs/results]
+    .venv/bin/python benchmarks/results.py [--runs runs/results] [--phases core,options,peers] [--tables-only]
 
-Each dataset runs with `coa eval ... --resume` into its own directory under --runs, so
-an interrupted reproduction continues where it stopped. The tables in RESULTS.md
-(between the markers) are then rewritten from the stored results; the text around them
-is kept. Expect several hours on two CPU cores.
+Each dataset runs with `coa eval` into its own directory under --runs, resumably: an
+interrupted reproduction continues where it stopped, and later phases add strategies to the
+same runs. Phases: `core` (the baselines, the paper's CoA and the query-aware CoA on the
+question sets), `options` (CoA's reading options and the collapse guard), `peers` (recitation,
+ReadAgent, MemAgent), `long` (the core strategies on QMSum). The tables in RESULTS.md (between the markers) are then rewritten from
+the stored results, with a summary of the best CoA against the baselines and how often a
+right needle answer is backed by a citation; the text around them is kept. Expect about two
+hours on two CPU cores.
 """
 
 from __future__ import annotations
@@ -17,53 +21,123 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from coa.eval.stats import bootstrap_interval
+from coa.eval.store import Store
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 PLOTS = HERE / "results"
 BEGIN, END = "<!-- tables: written by benchmarks/results.py -->", "<!-- /tables -->"
 WINDOW = 2048
+PAPER = "coa:order=ltr:skip=0"  # the paper's CoA: every chunk, left to right
+QUERY_AWARE = "coa:skip=0.5"  # only the chunks that match the question at least half as well as the best
+BASELINES = ["vanilla", "rag"]
+CORE = [*BASELINES, PAPER, QUERY_AWARE]
+OPTIONS = ["coa:order=relevance:skip=0", "coa:order=ltr:skip=0:early_exit=2", "coa:order=ltr:skip=0:guard=false"]
+PEERS = ["recite", "readagent", "memagent"]
+NEEDLES = ["4000,8000", "0,0.25,0.5,0.75,1"]
 
-RUNS = [  # (dataset, dataset options, examples)
-    ("niah", ["lengths=1000,2000,4000,8000,16000", "depths=0,0.25,0.5,0.75,1"], None),
-    ("hotpotqa", ["length=6000"], 30),
-    ("qmsum", ["queries=specific"], 20),
-    ("leval:quality", [], 30),
-]
+RUNS = {  # dataset: (run directory, dataset options, examples, strategies by phase)
+    "niah": ("niah", [f"lengths={NEEDLES[0]}", f"depths={NEEDLES[1]}"], None,
+             {"core": CORE, "options": OPTIONS, "peers": PEERS}),
+    "niah-multikey": ("niah-multikey", [f"lengths={NEEDLES[0]}", f"depths={NEEDLES[1]}", "variant=multikey"], None,
+                      {"core": CORE}),
+    "multihop": ("multihop", ["lengths=4000,8000"], None,
+                 {"core": CORE, "options": OPTIONS[:1], "peers": PEERS}),
+    "hotpotqa": ("hotpotqa", ["length=6000"], 10, {"core": CORE, "peers": PEERS[:1]}),
+    "leval:quality": ("leval-quality", [], 10, {"core": CORE, "peers": PEERS[:1]}),
+    "qmsum": ("qmsum", ["queries=specific"], 4, {"long": CORE}),  # 12k tokens, 1,024-token summaries: slow
+}
 
 
-def command(dataset: str, options: list[str], limit: int | None, strategies: str, out: Path) -> list[str]:
-    args = ["coa", "eval", "--dataset", dataset, "--strategies", strategies, "--model", "embedded",
-            "--window", str(WINDOW), "--seed", "0", "--out", str(out), "--resume"]
+def command(dataset: str, options: list[str], limit: int | None, strategies: list[str], out: Path) -> list[str]:
+    args = ["coa", "eval", "--dataset", dataset.split("-")[0], "--strategies", ",".join(strategies), "--model",
+            "embedded", "--window", str(WINDOW), "--seed", "0", "--out", str(out)]
     args += [a for option in options for a in ("--opt", option)]
-    return args + (["--limit", str(limit)] if limit else [])
+    return args + (["--limit", str(limit)] if limit else []) + (["--resume"] if (out / Store.FILE).exists() else [])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", default="coa,vanilla,rag")
-    parser.add_argument("--runs", type=Path, default=Path("runs/results"))
-    parser.add_argument("--tables-only", action="store_true", help="Rewrite the tables from stored results without running.")
-    args = parser.parse_args()
+def run(args: argparse.Namespace) -> None:
+    coa = str(Path(sys.executable).with_name("coa"))
+    # The shared data beside the checkout, unless COA_DATA_DIR names another place.
+    data = os.environ.get("COA_DATA_DIR") or str(HERE.parents[1] / "shared" / "data")
+    for phase in args.phases.split(","):
+        for dataset, (directory, options, limit, phases) in RUNS.items():
+            if phase in phases:
+                cmd = command(dataset, options, limit, phases[phase], args.runs / directory)
+                print("$", " ".join(cmd), flush=True)
+                subprocess.run([coa, *cmd[1:]], check=True, env={**os.environ, "COA_DATA_DIR": data})
+
+
+def best_coa(store: Store, dataset: str) -> str:
+    """A summary line: the best-scoring CoA configuration against each baseline, with the paired
+    interval of the difference, and its model time against RAG's."""
+    rows = [r for r in store.rows(dataset) if r["error"] is None and r["score"] is not None]
+    by = {s: {r["example"]: r for r in rows if r["strategy"] == s} for s in dict.fromkeys(r["strategy"] for r in rows)}
+    mean = {s: float(np.mean([r["score"] for r in v.values()])) for s, v in by.items()}
+    seconds = {s: float(np.mean([r["seconds"] for r in v.values()])) for s, v in by.items()}
+    chains = [s for s in by if s.split(":")[0] == "coa"]
+    if not chains or "rag" not in by:
+        return ""
+    best = max(chains, key=lambda s: (mean[s], -seconds[s]))
+    parts = [f"best CoA `{best}` {100 * mean[best]:.1f}"]
+    for other in ("rag", "vanilla"):
+        shared = sorted(by[best].keys() & by[other].keys())
+        lo, hi = bootstrap_interval([by[best][e]["score"] - by[other][e]["score"] for e in shared])
+        parts.append(f"vs {other} {100 * mean[other]:.1f}: Δ {100 * (mean[best] - mean[other]):+.1f} "
+                     f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f})")
+    parts.append(f"model time {seconds[best] / seconds['rag']:.2f}x RAG's")
+    return "**Summary:** " + "; ".join(parts) + "."
+
+
+def cited(store: Store, dataset: str) -> str:
+    """For needle datasets: of the right CoA answers, how many name a citation that holds the answer."""
+    rows = [r for r in store.rows(dataset, traces=True) if r["metric"] == "needle" and r["score"] == 1
+            and r["strategy"].split(":")[0] == "coa" and r["trace"]]
+    if not rows:
+        return ""
+    backed = sum(all(any(ref in c["text"] for c in r["trace"].get("citations", [])) for ref in r["refs"]) for r in rows)
+    return (f"**Citations:** {backed} of the {len(rows)} right CoA answers (all configurations) carry a citation "
+            f"that holds the answer, quoted from the document at the offsets given.")
+
+
+def tables(args: argparse.Namespace) -> None:
     coa = str(Path(sys.executable).with_name("coa"))
     sections = []
-    for dataset, options, limit in RUNS:
-        out = args.runs / dataset.replace(":", "-")
-        cmd = command(dataset, options, limit, args.strategies, out)
-        if not args.tables_only:
-            # The shared data beside the checkout, unless COA_DATA_DIR names another place.
-            data = os.environ.get("COA_DATA_DIR") or str(HERE.parents[1] / "shared" / "data")
-            subprocess.run([coa, *cmd[1:]], check=True, env={**os.environ, "COA_DATA_DIR": data})
+    for dataset, (directory, options, limit, phases) in RUNS.items():
+        out = args.runs / directory
+        if not (out / Store.FILE).exists():
+            continue
+        strategies = [s for phase in phases.values() for s in phase]
+        cmd = command(dataset, options, limit, strategies, out)
         report = subprocess.run([coa, "report", str(out)], check=True, capture_output=True, text=True).stdout
         PLOTS.mkdir(exist_ok=True)
-        for png in sorted(out.glob("*.png")):
-            shutil.copy(png, PLOTS / png.name)
-        plots = " ".join(f"![{p.stem}](results/{p.name})" for p in sorted(out.glob("*.png")))
-        sections.append(f"Command: `{' '.join(cmd)}` then `coa report {out}`\n\n{report.strip()}\n\n{plots}\n")
+        plots = []
+        for png in sorted(out.glob("*-length.png")):
+            shutil.copy(png, PLOTS / f"{directory}.png")
+            plots.append(f"![{directory}](results/{directory}.png)")
+        store = Store(out)
+        notes = "\n\n".join(filter(None, [best_coa(store, dataset.split("-")[0]), cited(store, dataset.split("-")[0])]))
+        sections.append(f"Command: `{' '.join(cmd)}` then `coa report {out}`\n\n{report.strip()}\n\n{notes}\n\n"
+                        f"{' '.join(plots)}\n")
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
     RESULTS.write_text(f"{head}{BEGIN}\n\n" + "\n".join(sections) + f"\n{END}{tail}", encoding="utf-8")
     print(f"wrote {RESULTS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/results"))
+    parser.add_argument("--phases", default="core,options,peers,long", help="Which strategies to run (comma-separated).")
+    parser.add_argument("--tables-only", action="store_true", help="Rewrite the tables from stored results without running.")
+    args = parser.parse_args()
+    if not args.tables_only:
+        run(args)
+    tables(args)
 
 
 if __name__ == "__main__":

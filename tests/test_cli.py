@@ -169,3 +169,16 @@ def test_strategies_are_listed_and_selectable(story):
     for args, message in ((["--strategy", "fastest"], "unknown strategy 'fastest'"), (["--opt", "depth=3"], "no option 'depth'")):
         bad = run_cli("ask", story, "What?", *SCRIPTED, *args)
         assert bad.returncode == 2 and message in bad.stderr.decode()
+
+
+def test_citations_go_to_stderr_beside_the_answer(capsys):
+    from coa.cli.run import _print
+    from coa.task import Citation, Kind, Result
+
+    result = Result("42", "coa", "scripted", 400, Kind.QA, [], 0.0, citations=[Citation("The number is 42.", 10, 27, 1)])
+    _print([result], ["What number?"], as_json=False)
+    out, err = capsys.readouterr()
+    assert out == "42\n" and err == "cited (chars 10-27): The number is 42.\n"
+    _print([result], ["What number?"], as_json=True)
+    out, err = capsys.readouterr()
+    assert json.loads(out)["citations"] == [{"text": "The number is 42.", "start": 10, "end": 27, "worker": 1}] and not err

@@ -159,3 +159,6 @@ def _print(results: list[Result], questions: list[str | None], as_json: bool) ->
         click.echo(results[0].answer)
     else:
         click.echo("\n\n".join(f"Q: {q}\nA: {r.answer}" for q, r in zip(questions, results, strict=True)))
+    if not as_json:  # the evidence beside the answer, where the strategy kept it; stdout stays the answer alone
+        for citation in (c for r in results for c in r.citations):
+            click.echo(f"cited (chars {citation.start}-{citation.end}): {citation.text}", err=True)
