@@ -35,7 +35,8 @@ PAPER = "coa:order=ltr:skip=0"  # the paper's CoA: every chunk, left to right
 QUERY_AWARE = "coa:skip=0.5"  # only the chunks that match the question at least half as well as the best
 BASELINES = ["vanilla", "rag"]
 CORE = [*BASELINES, PAPER, QUERY_AWARE]
-OPTIONS = ["coa:order=relevance:skip=0", "coa:order=ltr:skip=0:early_exit=2", "coa:order=ltr:skip=0:guard=false"]
+OPTIONS = ["coa:order=relevance:skip=0", "coa:order=ltr:skip=0:early_exit=2", "coa:order=ltr:skip=0:guard=false",
+           "coa:skip=0.5:cite=true"]
 PEERS = ["recite", "readagent", "memagent"]
 NEEDLES = ["4000,8000", "0,0.25,0.5,0.75,1"]
 

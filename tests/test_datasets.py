@@ -1,16 +1,18 @@
 """Dataset loaders on the small fixtures in tests/fixtures/data."""
 
+import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from coa.errors import ConfigError, InputError
-from coa.eval.datasets import load
+from coa.eval.datasets import DATASETS, Example, load
 from coa.eval.datasets.leval import split_options
 from coa.models.scripted import ScriptedModel
-from coa.task import Kind
-from conftest import EXAMPLE_PLAY, REPO
+from coa.task import Kind, Task
+from conftest import EXAMPLE_PLAY, REPO, data_dir
 
 count = ScriptedModel().count_tokens
 FIXTURES = REPO / "tests" / "fixtures"
@@ -117,6 +119,76 @@ def test_code_next_line_from_real_python_files(tmp_path, data):
         assert e.references[0].startswith(("def function_", "result = value", "return result"))
         assert e.task.document.endswith("\n")
     assert [e.id for e in examples("code", data, root=tmp_path, length=300)] == [e.id for e in items]
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory) -> Path:
+    """QuALITY and QMSum files of three documents each: the fixtures' one, told apart by a first line."""
+    root = tmp_path_factory.mktemp("documents")
+    (root / "leval").mkdir()
+    (root / "qmsum").mkdir()
+    story = json.loads((FIXTURES / "data" / "leval" / "quality.jsonl").read_text())
+    meeting = json.loads((FIXTURES / "data" / "qmsum" / "test.jsonl").read_text())
+    stories, meetings = [], []
+    for d in range(3):
+        stories.append(json.dumps({**story, "input": f"Story {d}. {story['input']}"}) + "\n")
+        turns = [{"speaker": "Chair", "content": f"Meeting {d}."}, *meeting["meeting_transcripts"]]
+        meetings.append(json.dumps({**meeting, "meeting_transcripts": turns}) + "\n")
+    (root / "leval" / "quality.jsonl").write_text("".join(stories))
+    (root / "qmsum" / "test.jsonl").write_text("".join(meetings))
+    return root
+
+
+def assert_spread(chosen: list, every: list, limit: int) -> None:
+    """`chosen` is `limit` of `every` (or all), round-robin over documents, in loader order."""
+    documents = Counter(e.task.document for e in every)
+    per_document = Counter(e.task.document for e in chosen)
+    assert len(chosen) == min(limit, len(every))
+    assert len(per_document) == min(limit, len(documents))
+    assert max(per_document.values()) - min(per_document.values()) <= 1  # every document here has as many questions
+    positions = [every.index(e) for e in chosen]
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize(("name", "limit", "ids"), [
+    ("leval:quality", 2, ["quality-0-0", "quality-1-0"]),
+    ("leval:quality", 4, ["quality-0-0", "quality-0-1", "quality-1-0", "quality-2-0"]),
+    ("qmsum", 5, ["test-0-s0", "test-0-s1", "test-1-s0", "test-1-s1", "test-2-s0"]),
+    ("qmsum", 20, [f"test-{m}-s{q}" for m in range(3) for q in range(3)]),
+])
+def test_a_limit_spreads_the_examples_over_the_documents(documents, name, limit, ids):
+    every = examples(name, documents)
+    chosen = examples(name, documents, limit=limit)
+    assert [e.id for e in chosen] == ids
+    assert_spread(chosen, every, limit)
+
+
+def test_without_a_limit_every_example_comes_in_loader_order(documents):
+    every = examples("leval:quality", documents)
+    assert [e.id for e in every] == [f"quality-{d}-{q}" for d in range(3) for q in range(2)]
+    assert [e.id for e in examples("qmsum", documents)] == [f"test-{m}-s{q}" for m in range(3) for q in range(3)]
+
+
+def test_a_limit_stops_reading_once_as_many_documents_appeared(monkeypatch):
+    def loader(source):
+        for i in range(3):
+            yield Example(f"e{i}", Task(f"Document {i}.", "Which?"), ["a"], "qa_f1")
+        raise AssertionError("read past the third document")
+
+    monkeypatch.setattr(DATASETS, "get", lambda name: loader)
+    assert [e.id for e in load("mine", data_dir=None, options={}, seed=0, count_tokens=len, limit=3)] == ["e0", "e1", "e2"]
+
+
+@pytest.mark.parametrize(("name", "limit"), [("leval:quality", 6), ("leval:quality", 40), ("qmsum", 12)])
+def test_a_limit_spreads_over_the_real_documents(name, limit):
+    if not (data_dir() / "leval").is_dir():
+        pytest.skip(f"real data not found at {data_dir()} (set COA_DATA_DIR)")
+    every = examples(name, data_dir())
+    chosen = examples(name, data_dir(), limit=limit)
+    documents = {e.task.document for e in every}
+    assert len(chosen) == limit and len({e.task.document for e in chosen}) == min(limit, len(documents))
+    positions = [every.index(e) for e in chosen]
+    assert positions == sorted(positions)
 
 
 def test_unknown_datasets_and_options_are_refused(data):

@@ -128,6 +128,7 @@ def test_report_writes_tables_plots_and_json(report_run):
     assert result.returncode == 0, result.stderr
     table = result.stdout.decode()
     assert "### niah" in table and "### qmsum" in table and "| coa |" in table and "| rag |" in table
+    assert "| strategy | score | 95% CI | Δ (95% CI) | n |" in table
     assert (report_run / "report.md").read_text() == table.rstrip("\n") + "\n" or (report_run / "report.md").exists()
     for name in ("niah-length.png", "niah-heatmap-coa.png", "niah-heatmap-vanilla.png", "qmsum-length.png"):
         assert (report_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -135,9 +136,12 @@ def test_report_writes_tables_plots_and_json(report_run):
     niah = {f["strategy"]: f for f in figures if f["dataset"] == "niah"}
     assert set(niah) == {"coa", "vanilla", "rag"}
     for f in figures:
-        assert {"dataset", "strategy", "n", "errors", "score", "document_tokens", "calls", "prompt_tokens",
-                "completion_tokens", "seconds"} <= f.keys()
+        assert {"dataset", "strategy", "n", "errors", "score", "score_lo", "score_hi", "baseline", "delta", "delta_lo",
+                "delta_hi", "delta_n", "document_tokens", "calls", "prompt_tokens", "completion_tokens", "seconds"} <= f.keys()
+        if f["score"] is not None:
+            assert f["score_lo"] <= f["score"] <= f["score_hi"]
     assert niah["coa"]["n"] == 4 and niah["coa"]["errors"] == 0 and niah["vanilla"]["calls"] == 1.0
+    assert niah["rag"]["baseline"] == "coa" and niah["rag"]["delta_n"] == 4 and niah["coa"]["delta"] is None
 
 
 def test_errors_are_recorded_and_counted(tmp_path, data):

@@ -68,3 +68,28 @@ def test_every_metric_is_bounded_and_unknown_ones_are_refused():
         score("bleu", "a", ["a"])
     with pytest.raises(ConfigError, match="did you mean 'qa_f1'"):
         score("qa-f1", "a", ["a"])
+
+
+def test_bootstrap_interval_holds_the_mean_and_shrinks_with_more_examples():
+    import random
+
+    from coa.eval.stats import bootstrap_interval
+
+    rng = random.Random(0)
+    many = [float(rng.random() < 0.6) for _ in range(400)]
+    few = many[:25]
+    for values in (few, many):
+        lo, hi = bootstrap_interval(values)
+        assert lo < sum(values) / len(values) < hi
+    assert bootstrap_interval(many)[1] - bootstrap_interval(many)[0] < 0.5 * (bootstrap_interval(few)[1] - bootstrap_interval(few)[0])
+    assert bootstrap_interval(few) == bootstrap_interval(few)  # a fixed seed: reports read the same each time
+    assert bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)  # two values: the resampled means are 0, 0.5 and 1
+
+
+def test_bootstrap_interval_of_values_that_do_not_vary_is_the_value():
+    from coa.eval.stats import bootstrap_interval
+
+    assert bootstrap_interval([0.7]) == (0.7, 0.7)
+    assert bootstrap_interval([0.1] * 30) == (0.1, 0.1)
+    with pytest.raises(ValueError):
+        bootstrap_interval([])

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from coa.eval.report import _browsable, html_page, plots
+from coa.eval.report import HEADER, NOTE, _browsable, html_page, markdown, plots, summary
 from coa.eval.store import Store
 from conftest import dump_dom, needs_chromium
 
@@ -139,3 +139,31 @@ def test_the_trace_browser_runs_and_shows_hostile_text_in_chromium(page, store, 
         assert pair["prediction"] in trace and " | ".join(pair["references"]) in trace
         for c in pair["calls"]:
             assert c["input"] in trace and c["output"] in trace and (c["cu"] or "") in trace and (c["note"] or "") in trace
+
+
+def test_tables_show_bootstrap_intervals_and_paired_differences(tmp_path):
+    """Baseline a and b on eight examples, b better by one point on two of them; c failed on one."""
+    store = Store(tmp_path)
+    store.set_config("d", {"model": "scripted", "window": 1024, "seed": 0, "strategies": ["a", "b", "c"]})
+    a = [0, 0, 1, 1, 0, 1, 0, 1]
+    b = [1, 0, 1, 1, 1, 1, 0, 1]
+    for strategy, scores in (("a", a), ("b", b), ("c", a)):
+        for i, value in enumerate(scores):
+            failed = strategy == "c" and i == 0
+            store.save({"dataset": "d", "example": f"e{i}", "strategy": strategy, "position": i, "prediction": "x",
+                        "refs": ["x"], "metric": "qa_f1", "score": None if failed else float(value), "document_tokens": 9,
+                        "calls": 1, "prompt_tokens": 9, "completion_tokens": 1, "seconds": 0.1, "meta": {}, "trace": None,
+                        "error": "ValueError: boom" if failed else None})
+    first, second, third = summary(store)
+    assert (first["score"], second["score"]) == (50.0, 75.0)
+    assert first["score_lo"] < 50 < first["score_hi"] and second["score_lo"] < 75 < second["score_hi"]
+    assert first["baseline"] == second["baseline"] == "a" and first["delta"] is None
+    assert second["delta"] == 25.0 and second["delta_n"] == 8
+    assert second["delta_lo"] == 0.0 and 25 < second["delta_hi"] <= 100  # b is never worse: no resample is below 0
+    assert (third["delta"], third["delta_lo"], third["delta_hi"], third["delta_n"]) == (0.0, 0.0, 0.0, 7)  # paired on e1..e7
+    text = markdown(store)
+    assert f"| {' | '.join(HEADER)} |" in text and "| 95% CI | Δ (95% CI) |" in text and NOTE in text
+    assert f"| b | 75.0 | {second['score_lo']:.1f}–{second['score_hi']:.1f} | +25.0 (0.0–{second['delta_hi']:.1f}) | 8 |" in text
+    assert "| a | 50.0 |" in text and "| – | 8 |" in text
+    page = Elements(html_page(store, []))
+    assert "95% CI" in page.text() and "Δ from a" in page.text() and NOTE in page.text()

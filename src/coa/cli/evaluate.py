@@ -46,7 +46,7 @@ def make_executor(executor: str, ray_address: str | None, concurrency: int, spec
 @click.option("--strategies", "-s", default="coa,vanilla,rag", show_default=True,
               help="Comma-separated; options after colons, e.g. coa,coa:order=rtl,vanilla.")
 @model_options
-@click.option("--limit", "-n", type=click.IntRange(min=1), help="Use the first N examples.")
+@click.option("--limit", "-n", type=click.IntRange(min=1), help="Use N examples, spread over the documents.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Pairs in flight at once.")
 @click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue a run in --out: finished pairs are skipped.")

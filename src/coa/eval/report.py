@@ -11,6 +11,7 @@ from typing import Any
 
 import jinja2
 
+from coa.eval.stats import RESAMPLES, bootstrap_interval
 from coa.eval.store import Store
 from coa.extras import require
 
@@ -19,18 +20,21 @@ MAX_MESSAGE_CHARS = 20_000  # per prompt shown in the trace browser; chunks at 8
 
 
 def summary(store: Store) -> list[dict[str, Any]]:
-    """One entry per (dataset, strategy): pairs scored, errors, mean score (0-100) and mean costs."""
+    """One entry per (dataset, strategy): pairs scored, errors, mean score (0-100) with its 95%
+    bootstrap interval (score_lo, score_hi), the paired difference from the dataset's first
+    strategy (baseline; delta, delta_lo, delta_hi over the delta_n examples both scored) and mean costs."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in store.rows():
         groups[row["dataset"], row["strategy"]].append(row)
     order = {d: (store.config(d) or {}).get("strategies", []) for d in store.datasets()}
+    baselines: dict[str, tuple[str, dict[str, float]]] = {}  # per dataset: its first strategy and scores
     entries = []
     for (dataset, strategy), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], _rank(order, *kv[0]))):
         scored = [r for r in rows if r["error"] is None]
-        scores = [r["score"] for r in scored if r["score"] is not None]  # a corpus without references has none
+        scores = {r["example"]: r["score"] for r in scored if r["score"] is not None}  # a corpus without references has none
         entry = {"dataset": dataset, "strategy": strategy, "n": len(scored), "errors": len(rows) - len(scored),
-                 "metric": rows[0]["metric"],
-                 "score": round(100 * statistics.fmean(scores), 2) if scores else None}
+                 "metric": rows[0]["metric"], **_mean_and_interval("score", list(scores.values()))}
+        entry.update(_paired(baselines.setdefault(dataset, (strategy, scores)), strategy, scores))
         for key in MEANS:
             values = [r[key] for r in scored if r[key] is not None]
             entry[key] = round(statistics.fmean(values), 2) if values else None
@@ -38,12 +42,35 @@ def summary(store: Store) -> list[dict[str, Any]]:
     return entries
 
 
+def _mean_and_interval(name: str, values: list[float]) -> dict[str, float | None]:
+    """{name, name_lo, name_hi}: the mean of `values` and its 95% bootstrap interval, x100."""
+    if not values:
+        return {name: None, f"{name}_lo": None, f"{name}_hi": None}
+    lo, hi = bootstrap_interval(values)
+    return {name: _percent(statistics.fmean(values)), f"{name}_lo": _percent(lo), f"{name}_hi": _percent(hi)}
+
+
+def _paired(baseline: tuple[str, dict[str, float]], strategy: str, scores: dict[str, float]) -> dict[str, Any]:
+    """The mean per-example difference from the baseline's scores, on the examples both scored."""
+    name, base = baseline
+    common = [example for example in base if example in scores]
+    differences = [scores[e] - base[e] for e in common] if name != strategy else []
+    return {"baseline": name, **_mean_and_interval("delta", differences), "delta_n": len(differences)}
+
+
+def _percent(value: float) -> float:
+    return round(100 * value, 2)
+
+
 def _rank(order: dict[str, list[str]], dataset: str, strategy: str) -> tuple[int, str]:
     listed = order.get(dataset, [])
     return (listed.index(strategy) if strategy in listed else len(listed), strategy)
 
 
-HEADER = ("strategy", "score", "n", "errors", "doc tokens", "calls", "prompt tokens", "completion tokens", "seconds")
+HEADER = ("strategy", "score", "95% CI", "Δ (95% CI)", "n", "errors", "doc tokens", "calls", "prompt tokens",
+          "completion tokens", "seconds")
+NOTE = (f"95% CI: percentile bootstrap over the examples ({RESAMPLES} resamples, fixed seed). Δ: mean per-example "
+        "difference from the dataset's first strategy over the examples both scored, with its paired bootstrap 95% CI.")
 
 
 def sections(store: Store) -> list[dict[str, Any]]:
@@ -58,10 +85,12 @@ def sections(store: Store) -> list[dict[str, Any]]:
         settings = (
             f"window {config.get('window')}, seed {config.get('seed')}"
             f"{', options ' + options if options else ''}; metric {rows[0]['metric']} (x100); "
+            f"{'Δ from ' + rows[0]['strategy'] + '; ' if len(rows) > 1 else ''}"
             f"run started {config.get('started', '?')}, version {config.get('version', '?')} ({config.get('git') or 'no git'})"
         )
-        cells = [[e["strategy"], _fmt(e["score"]), str(e["n"]), str(e["errors"]), _fmt(e["document_tokens"], 0),
-                  _fmt(e["calls"], 1), _fmt(e["prompt_tokens"], 0), _fmt(e["completion_tokens"], 0), _fmt(e["seconds"], 1)]
+        cells = [[e["strategy"], _fmt(e["score"]), _range(e["score_lo"], e["score_hi"]), _delta(e), str(e["n"]),
+                  str(e["errors"]), _fmt(e["document_tokens"], 0), _fmt(e["calls"], 1), _fmt(e["prompt_tokens"], 0),
+                  _fmt(e["completion_tokens"], 0), _fmt(e["seconds"], 1)]
                  for e in rows]
         result.append({"dataset": dataset, "model": config.get("model"), "settings": settings, "rows": cells})
     return result
@@ -75,11 +104,21 @@ def markdown(store: Store) -> str:
         + "".join(f"| {' | '.join(cells)} |\n" for cells in s["rows"])
         for s in sections(store)
     ]
-    return "\n".join(parts) if parts else "No results yet.\n"
+    return "\n".join([*parts, NOTE + "\n"]) if parts else "No results yet.\n"
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _range(lo: float | None, hi: float | None) -> str:
+    return "–" if lo is None or hi is None else f"{lo:.1f}–{hi:.1f}"
+
+
+def _delta(entry: dict[str, Any]) -> str:
+    if entry["delta"] is None:
+        return "–"
+    return f"{entry['delta']:+.1f} ({_range(entry['delta_lo'], entry['delta_hi'])})"
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -178,7 +217,7 @@ def html_page(store: Store, images: list[Path]) -> str:
     pictures = [{"name": p.stem, "png": base64.b64encode(p.read_bytes()).decode()} for p in images]
     pairs = [_browsable(r) for r in store.rows(traces=True)]
     return _templates().get_template("report.html.j2").render(
-        sections=sections(store), header=HEADER, pictures=pictures, pairs=pairs)
+        sections=sections(store), header=HEADER, note=NOTE, pictures=pictures, pairs=pairs)
 
 
 @functools.cache

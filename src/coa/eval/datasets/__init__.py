@@ -82,24 +82,52 @@ def default_data_dir() -> Path:
 
 def load(name: str, *, data_dir: Path | None, options: dict[str, str], seed: int,
          count_tokens: Callable[[str], int], limit: int | None = None) -> list[Example]:
-    """The examples of dataset `name` ("niah", "leval:quality", "jsonl:PATH", ...), at most `limit`."""
+    """The examples of dataset `name` ("niah", "leval:quality", "jsonl:PATH", ...); with a `limit`,
+    at most that many, spread over the documents (see `spread`)."""
     family, _, argument = name.partition(":")
     loader = DATASETS.get(family)
     source = Source(data_dir or default_data_dir(), dict(options), seed, count_tokens, argument)
-    examples, ids = [], set()
-    for example in loader(source):
-        if example.id in ids:  # results are stored by id: a second example would overwrite the first
-            raise InputError(f"dataset {name}: example id {example.id!r} is used twice")
-        ids.add(example.id)
-        examples.append(example)
-        if limit is not None and len(examples) >= limit:
-            break
+    examples = _read(name, loader(source), limit)
     unknown = set(options) - source.used
     if unknown:
         raise ConfigError(f"dataset {family} has no option {', '.join(sorted(unknown))}")
     if not examples:
         raise InputError(f"dataset {name} has no examples")
+    return examples if limit is None else spread(examples, limit)
+
+
+def _read(name: str, stream: Iterator[Example], limit: int | None) -> list[Example]:
+    """The loader's examples, with distinct ids. With a `limit`, reading stops once `limit`
+    documents have appeared: `spread` then takes the first example of each and nothing after,
+    which keeps generated datasets (one document per example) from being built in full."""
+    examples: list[Example] = []
+    ids: set[str] = set()
+    documents: set[str] = set()
+    for example in stream:
+        if example.id in ids:  # results are stored by id: a second example would overwrite the first
+            raise InputError(f"dataset {name}: example id {example.id!r} is used twice")
+        ids.add(example.id)
+        examples.append(example)
+        documents.add(example.task.document)
+        if limit is not None and len(documents) >= limit:
+            break
     return examples
+
+
+def spread(examples: list[Example], limit: int) -> list[Example]:
+    """At most `limit` of `examples`, taken round-robin over their documents: the first question
+    of each document (in order of appearance), then the second of each, and so on; returned in
+    their original order. A small limit on a dataset with many questions per document (QuALITY,
+    QMSum) so covers many documents rather than the first one or two."""
+    seen: dict[str, int] = {}  # questions so far per document
+    order: dict[str, int] = {}  # documents in order of appearance
+    rank = []
+    for example in examples:
+        document = example.task.document
+        rank.append((seen.get(document, 0), order.setdefault(document, len(order))))
+        seen[document] = seen.get(document, 0) + 1
+    chosen = sorted(sorted(range(len(examples)), key=rank.__getitem__)[:limit])
+    return [examples[i] for i in chosen]
 
 
 def numbers(kind: Callable[[str], Any]) -> Callable[[str], list]:

@@ -4,7 +4,7 @@ or several keyed needles of which one is asked for. Seeded and deterministic."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from coa.errors import ConfigError, InputError
 from coa.eval.datasets import Example, Source, dataset, numbers
@@ -26,6 +26,13 @@ def background(source: Source) -> str:
             raise InputError(f"{source.data_dir / 'books'}: no .txt books (point --data-dir or COA_DATA_DIR at the data)")
         return "\n\n".join(p.read_text(encoding="utf-8") for p in books)
     return source.file("haystack", "paul_graham_essays.txt").read_text(encoding="utf-8")
+
+
+def haystack(text: str, tokens: int, rng: random.Random, count: Callable[[str], int]) -> str:
+    """`tokens` tokens of `text` from a seeded paragraph start in its first half, wrapping round
+    to the beginning where the text runs out."""
+    start = text.find("\n\n", rng.randrange(len(text) // 2)) + 2
+    return take_tokens(text[start:] + "\n\n" + text[:start], tokens, count)
 
 
 @dataset("niah", "needle in a haystack: lengths x depths grid over essays or books, single or multi-key")
@@ -52,8 +59,7 @@ def niah(source: Source) -> Iterator[Example]:
                 if room <= 0:
                     raise ConfigError(f"niah length {length} leaves no room for text around {keys} needle(s) of "
                                       f"{length - room} tokens; use larger lengths")
-                start = text.find("\n\n", rng.randrange(len(text) // 2)) + 2  # a paragraph start in the first half
-                hay = take_tokens(text[start:] + "\n\n" + text[:start], room, count)
+                hay = haystack(text, room, rng, count)
                 # Distractor needles first, at random depths; the asked one last, where the grid says.
                 for needle in needles[1:]:
                     hay = insert(hay, sentence_boundary(hay, rng.random()), needle)
