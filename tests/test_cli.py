@@ -161,7 +161,8 @@ def test_a_failure_mid_chain_keeps_the_calls_made(story, tmp_path):
 
 def test_strategies_are_listed_and_selectable(story):
     listing = run_cli("strategies").stdout.decode()
-    for name in ("coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce"):
+    for name in ("coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce", "recite", "readagent",
+                 "memagent"):
         assert f"\n{name} " in "\n" + listing
     result = run_cli("ask", story, "What?", *SCRIPTED, "--strategy", "coa", "--opt", "order=rtl", "--opt", "manager=false", "--json")
     data = json.loads(result.stdout)

@@ -47,6 +47,12 @@ def values(kind: str, first: bool) -> dict:
             {"information": "Macbeth kills Duncan.", "rationale": "Stated in Act II.", "answer": "Macbeth", "confidence": 5},
             {"information": "none", "rationale": "none", "answer": "none", "confidence": 0},
         ],
+        "memory": "" if first else "Macbeth is made Thane of Cawdor.",
+        "words": 45,
+        "lookups": 2,
+        "gists": ["Witches meet on a heath.", "Duncan hears of the battle."],
+        "pages": [{"text": "Witches meet on a heath.", "full": False},
+                  {"text": "Enter Duncan, Malcolm, Donalbain, Lennox.", "full": True}],
     }
 
 

@@ -37,7 +37,7 @@ def store(tmp_path_factory):
         call("worker", 0, document, IMG, cu=SCRIPT, span=(0, 450), note=COMMENT),
         call("worker", 1, document, SEPARATORS, cu=IMG, span=(450, 900)),
         call("manager", 0, SCRIPT, SCRIPT),
-    ]}
+    ], "citations": [{"text": IMG, "start": 3, "end": 40, "worker": 0}, {"text": SCRIPT, "start": 50, "end": 90, "worker": 1}]}
     store.save({**base, "example": COMMENT, "strategy": "coa", "position": 0, "prediction": SCRIPT, "refs": [IMG, COMMENT],
                 "score": 0.5, "calls": 3, "prompt_tokens": 120, "completion_tokens": 15, "seconds": 0.3, "trace": chain,
                 "error": None})
@@ -139,6 +139,9 @@ def test_the_trace_browser_runs_and_shows_hostile_text_in_chromium(page, store, 
         assert pair["prediction"] in trace and " | ".join(pair["references"]) in trace
         for c in pair["calls"]:
             assert c["input"] in trace and c["output"] in trace and (c["cu"] or "") in trace and (c["note"] or "") in trace
+        for c in pair["citations"]:  # the evidence the answer was given, with its place in the document
+            assert f"chars {c['start']}–{c['end']} (worker {c['worker'] + 1}): {c['text']}" in trace
+        assert pair["citations"] or choice == 1
 
 
 def test_tables_show_bootstrap_intervals_and_paired_differences(tmp_path):

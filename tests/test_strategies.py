@@ -17,7 +17,7 @@ from coa.strategies.hierarchical import read_worker
 from coa.strategies.mapreduce import read_finding
 from conftest import JsonHandler, serve
 
-NAMES = ["coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce"]
+NAMES = ["coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce", "recite"]
 
 
 def document(sentences: int) -> str:

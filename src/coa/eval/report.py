@@ -239,5 +239,6 @@ def _browsable(row: dict) -> dict:
             "output": call["output"], "cu": call.get("cu"), "note": call.get("note"),
         })
     return {"dataset": row["dataset"], "example": row["example"], "strategy": row["strategy"], "score": row["score"],
-            "prediction": row["prediction"], "references": row["refs"], "error": row["error"], "calls": calls}
+            "prediction": row["prediction"], "references": row["refs"], "error": row["error"], "calls": calls,
+            "citations": (row.get("trace") or {}).get("citations", [])}
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -32,26 +33,46 @@ class Rag(Strategy):
     Options = RagOptions
 
     async def solve(self, session: Session, task: Task):
-        options: RagOptions = self.options
         room, limit = session.split_room(answer_messages(session, task, ""), task, "rag")
-        passages = word_passages(task.document, options.chunk_words)
-        query = task.query or (query_text(task) if task.kind is Kind.CODE else PSEUDO_QUERY)
-        scores = await self._scores(passages, query)
-        chosen, used = [], 0
-        for i in sorted(range(len(passages)), key=lambda i: -scores[i]):  # best first; ties in document order
-            tokens = session.tokens(passages[i])
-            if used + tokens <= room:
-                chosen.append(i)
-                used += tokens
-        context = "\n\n".join(passages[i].strip() for i in sorted(chosen))
+        found = await retrieve(session, task, room, self.options)
         session.plan("reader", 1)
-        call = await session.call("reader", 0, answer_messages(session, task, context), limit)
-        return call.output, {"query": query, "passages": len(passages), "retrieved": sorted(chosen)}
+        call = await session.call("reader", 0, answer_messages(session, task, found.context), limit)
+        return call.output, found.settings
 
-    async def _scores(self, passages: list[str], query: str) -> list[float]:
-        if self.options.retriever == "dense":
-            return await dense_scores(passages, query, self.options, self.model)
-        return bm25_scores(passages, query)
+
+@dataclass(frozen=True)
+class Retrieval:
+    """The passages of a document and those chosen for a query, in document order."""
+
+    query: str
+    passages: list[str]
+    chosen: list[int]
+
+    @property
+    def context(self) -> str:
+        return "\n\n".join(self.passages[i].strip() for i in self.chosen)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"query": self.query, "passages": len(self.passages), "retrieved": list(self.chosen)}
+
+
+async def retrieve(session: Session, task: Task, room: int, options: RagOptions) -> Retrieval:
+    """The passages that best match the task's query (a pseudo-query where it has none), best first
+    while they fit in `room` tokens, then put back in document order."""
+    passages = word_passages(task.document, options.chunk_words)
+    query = task.query or (query_text(task) if task.kind is Kind.CODE else PSEUDO_QUERY)
+    if options.retriever == "dense":
+        scores = await dense_scores(passages, query, options, session.model)
+    else:
+        scores = bm25_scores(passages, query)
+    chosen, used = [], 0
+    for i in sorted(range(len(passages)), key=lambda i: -scores[i]):  # best first; ties in document order
+        tokens = session.tokens(passages[i])
+        if used + tokens <= room:
+            chosen.append(i)
+            used += tokens
+    return Retrieval(query, passages, sorted(chosen))
 
 
 def word_passages(text: str, words: int) -> list[str]:
