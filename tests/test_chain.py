@@ -384,8 +384,15 @@ def test_a_restatement_is_kept_but_not_cited():
     assert result.workers[-1].cu and result.citations == []
 
 
-@pytest.mark.parametrize("option", ["skip=2", "skip=-0.1", "early_exit=-1", "order=best"])
+@pytest.mark.parametrize("option", ["skip=2", "skip=-0.1", "early_exit=-1", "order=best", "chunk_tokens=5"])
 def test_bad_reading_options_are_one_line_errors(option):
     key, value = option.split("=")
     with pytest.raises(ConfigError, match=key):
         chain(**{key: value})
+
+
+def test_chunk_tokens_caps_what_each_worker_reads():
+    whole = chain()[1].run(Task(document(80), "What happened?"))
+    capped = chain(chunk_tokens=60)[1].run(Task(document(80), "What happened?"))
+    assert all(end - start <= 60 for start, end in (c.span for c in capped.workers))
+    assert len(capped.workers) > len(whole.workers) and capped.settings["chunk_tokens"] <= 60

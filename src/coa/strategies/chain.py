@@ -37,6 +37,8 @@ class ChainOptions(Options):
                               "of the best chunk's are not read (0: read every chunk)")
     early_exit: int = Field(0, ge=0, description="stop once this many workers in a row left a CU that bears on the "
                             "question unchanged (0: never)")
+    chunk_tokens: int | None = Field(None, ge=MIN_CHUNK_TOKENS, description="the most tokens of text a worker reads "
+                                     "(auto: all the window leaves); smaller chunks are easier for a small model")
     cite: bool = Field(False, description="the manager sees each quote of the CU with its place in the document")
     manager: bool = Field(True, description="false: the last worker's CU is the answer (the paper's ablation)")
     guard: bool = Field(True, description="a refusal-only worker output does not replace the CU (chain collapse)")
@@ -171,6 +173,7 @@ async def run_chains(
     session, task = runs[0]
     limit = cu_limit(session)
     budget = min(chunk_budget(s, t) for s, t in runs)  # the longest question sets the chunks for all
+    budget = min(budget, options.chunk_tokens or budget)
     chains = [Chain(budget=budget) for _ in runs]
     asked = [" ".join([query_text(t), *t.choices]) if grounding_for(options, t) else None for _, t in runs]
     read: list[list[tuple[int, int]]] = [[] for _ in runs]  # spans each chain has read: an overflow re-splits mid-step
