@@ -6,7 +6,8 @@ Each dataset runs with `coa eval` into its own directory under --runs, resumably
 interrupted reproduction continues where it stopped, and later phases add strategies to the
 same runs. Phases: `core` (the baselines, the paper's CoA and the query-aware CoA on the
 question sets), `options` (CoA's reading options and the collapse guard), `peers` (recitation,
-ReadAgent, MemAgent), `long` (the core strategies on QMSum). The tables in RESULTS.md (between the markers) are then rewritten from
+ReadAgent, MemAgent), `long` (the core strategies on QMSum), `others` (merge, hierarchical,
+mapreduce and coa-multipath on niah; not in the default phases, for time). The tables in RESULTS.md (between the markers) are then rewritten from
 the stored results, with a summary of the best CoA against the baselines and how often a
 right needle answer is backed by a citation; the text around them is kept. Expect about two
 hours on two CPU cores.
@@ -38,15 +39,16 @@ CORE = [*BASELINES, PAPER, QUERY_AWARE]
 OPTIONS = ["coa:order=relevance:skip=0", "coa:order=ltr:skip=0:early_exit=2", "coa:order=ltr:skip=0:guard=false",
            "coa:skip=0.5:cite=true"]
 PEERS = ["recite", "readagent", "memagent"]
+OTHERS = ["merge", "hierarchical", "mapreduce", "coa-multipath"]  # the other strategies of the package
 NEEDLES = ["4000,8000", "0,0.25,0.5,0.75,1"]
 
 RUNS = {  # dataset: (run directory, dataset options, examples, strategies by phase)
     "niah": ("niah", [f"lengths={NEEDLES[0]}", f"depths={NEEDLES[1]}"], None,
-             {"core": CORE, "options": OPTIONS, "peers": PEERS}),
+             {"core": CORE, "options": OPTIONS, "peers": PEERS, "others": OTHERS}),
     "niah-multikey": ("niah-multikey", [f"lengths={NEEDLES[0]}", f"depths={NEEDLES[1]}", "variant=multikey"], None,
                       {"core": CORE}),
     "multihop": ("multihop", ["lengths=4000,8000"], None,
-                 {"core": CORE, "options": OPTIONS[:1], "peers": PEERS}),
+                 {"core": CORE, "options": OPTIONS[:1], "peers": ["recite", "memagent"]}),
     "hotpotqa": ("hotpotqa", ["length=6000"], 10, {"core": CORE, "peers": PEERS[:1]}),
     "leval:quality": ("leval-quality", [], 10, {"core": CORE, "peers": PEERS[:1]}),
     "qmsum": ("qmsum", ["queries=specific"], 4, {"long": CORE}),  # 12k tokens, 1,024-token summaries: slow
@@ -107,11 +109,12 @@ def cited(store: Store, dataset: str) -> str:
 def tables(args: argparse.Namespace) -> None:
     coa = str(Path(sys.executable).with_name("coa"))
     sections = []
-    for dataset, (directory, options, limit, phases) in RUNS.items():
+    for dataset, (directory, options, limit, _phases) in RUNS.items():
         out = args.runs / directory
         if not (out / Store.FILE).exists():
             continue
-        strategies = [s for phase in phases.values() for s in phase]
+        store = Store(out)
+        strategies = (store.config(dataset.split("-")[0]) or {}).get("strategies", [])  # those that ran, all phases
         cmd = command(dataset, options, limit, strategies, out)
         report = subprocess.run([coa, "report", str(out)], check=True, capture_output=True, text=True).stdout
         PLOTS.mkdir(exist_ok=True)
@@ -119,7 +122,6 @@ def tables(args: argparse.Namespace) -> None:
         for png in sorted(out.glob("*-length.png")):
             shutil.copy(png, PLOTS / f"{directory}.png")
             plots.append(f"![{directory}](results/{directory}.png)")
-        store = Store(out)
         notes = "\n\n".join(filter(None, [best_coa(store, dataset.split("-")[0]), cited(store, dataset.split("-")[0])]))
         sections.append(f"Command: `{' '.join(cmd)}` then `coa report {out}`\n\n{report.strip()}\n\n{notes}\n\n"
                         f"{' '.join(plots)}\n")
