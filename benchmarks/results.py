@@ -114,7 +114,9 @@ def tables(args: argparse.Namespace) -> None:
         if not (out / Store.FILE).exists():
             continue
         store = Store(out)
-        strategies = (store.config(dataset.split("-")[0]) or {}).get("strategies", [])  # those that ran, all phases
+        ran = {r["strategy"] for r in store.rows(dataset.split("-")[0])}
+        # In the order they were asked for, over all phases; one stopped before any pair finished is left out.
+        strategies = [s for s in (store.config(dataset.split("-")[0]) or {}).get("strategies", []) if s in ran]
         cmd = command(dataset, options, limit, strategies, out)
         report = subprocess.run([coa, "report", str(out)], check=True, capture_output=True, text=True).stdout
         PLOTS.mkdir(exist_ok=True)
