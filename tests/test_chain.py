@@ -378,10 +378,16 @@ def test_cite_shows_the_manager_each_quote_with_its_place():
     assert [(c.start, c.worker) for c in result.citations] == [(start, 0)]  # carried from the first worker on
 
 
-def test_a_restatement_is_kept_but_not_cited():
-    model, coa = chain(["In the story, event 5 happened to the number."] * 40, grounding=True)
-    result = coa.run(Task(document(40), "What happened in event 5?"))
-    assert result.workers[-1].cu and result.citations == []
+def test_a_restatement_is_cited_at_the_sentence_it_rests_on():
+    text = document(40)
+    restated = "In the story, event 5 happened to the number."
+    model, coa = chain([restated] * 40, grounding=True)
+    result = coa.run(Task(text, "What happened in event 5?"))
+    [citation] = result.citations
+    assert citation.text == restated and citation.worker == 0
+    assert text[citation.start : citation.end] == "Sentence number 5 tells of event 5 in the story."
+    model, coa = chain(["Event 5 happened."] * 40, grounding=True)  # adds nothing to the question: no place
+    assert coa.run(Task(text, "What happened in event 5?")).citations == []
 
 
 @pytest.mark.parametrize("option", ["skip=2", "skip=-0.1", "early_exit=-1", "order=best", "chunk_tokens=5"])

@@ -94,21 +94,42 @@ def bears_on(text: str, query: str) -> bool:
     return any((words := content_words(s)) & asked and words - asked for s in sentences(text))
 
 
-def cite(cu: str, chunk: str, offset: int, earlier: Sequence[Citation], worker: int) -> list[Citation]:
+def cite(cu: str, chunk: str, offset: int, earlier: Sequence[Citation], worker: int, query: str = "") -> list[Citation]:
     """Citations for the lines of a grounded CU: a line carried over keeps the place it was first
     quoted from, a line copied from `chunk` (which starts at `offset` in the document) gets its place
-    there, and a restatement has none."""
+    there, and a restatement of `query`'s answer gets the place of the chunk sentence it rests on."""
     before = {_normal(c.text): c for c in earlier}
     found = []
     for line in filter(None, (line.strip() for line in cu.splitlines())):
         if (carried := before.get(_normal(line))) is not None:
             found.append(carried)
-        elif (place := locate(line, chunk)) is not None:
+        elif (place := locate(line, chunk) or support(line, chunk, query)) is not None:
             found.append(Citation(line, offset + place[0], offset + place[1], worker))
         elif (near := max(earlier, key=lambda c: fuzz.ratio(_normal(c.text), _normal(line)), default=None)) and \
                 fuzz.ratio(_normal(near.text), _normal(line)) >= MIN_SIMILARITY:
             found.append(Citation(line, near.start, near.end, near.worker))  # re-copied with small changes
     return found
+
+
+def support(line: str, source: str, query: str) -> tuple[int, int] | None:
+    """Where `source` holds the sentence a restatement rests on (grounding's second test: about the
+    question, and holding every word the line adds to it); of several, the one sharing the most words
+    with the line and the question."""
+    asked = content_words(query)
+    added = content_words(line) - asked
+    if not added:
+        return None
+    wanted = asked | added
+    best, place, cursor = 0, None, 0
+    for sentence in sentences(source):
+        start = source.find(sentence.strip(), cursor)
+        if start < 0:
+            continue
+        cursor = start + len(sentence.strip())
+        words = content_words(sentence)
+        if words & asked and added <= words and len(words & wanted) > best:
+            best, place = len(words & wanted), (start, cursor)
+    return place
 
 
 def same(a: str, b: str) -> bool:

@@ -211,7 +211,7 @@ async def run_chains(
                     chain.unchanged = chain.unchanged + 1 if same(cu, previous) and bears_on(cu, query_text(t)) else 0
                     chain.stopped = chain.unchanged >= options.early_exit
                 if question is not None:
-                    chain.citations = cite(cu, chunk.text, chunk.start, chain.citations, done)
+                    chain.citations = cite(cu, chunk.text, chunk.start, chain.citations, done, question)
                 chain.cu = call.cu = cu
                 spans.append((chunk.start, chunk.end))
         except ContextOverflowError:
