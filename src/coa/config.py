@@ -17,6 +17,8 @@ class Config:
     seed: int | None = None
     prompts_dir: Path | None = None  # searched for prompt files before the package's own
     concurrency: int = 4  # model calls in flight at once, for strategies whose calls are independent
+    max_calls: int | None = None  # a run that would make more model calls stops with LimitError
+    max_total_tokens: int | None = None  # ... or one whose prompt + generation limit would pass this total
 
     def cu_limit(self, window: int) -> int:
         # The paper's 1024-token CU fits an 8k window; smaller windows get a proportional one.

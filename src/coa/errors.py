@@ -20,5 +20,13 @@ class ModelError(CoaError):
     """The model backend failed: unreachable server, rejected key, bad reply."""
 
 
+class UnreachableError(ModelError):
+    """The model backend cannot be reached at all (refused, no such host)."""
+
+
+class LimitError(CoaError):
+    """The run reached a limit it was given: model calls or total tokens."""
+
+
 class ContextOverflowError(ModelError):
     """The backend says the prompt does not fit its context window."""

@@ -19,12 +19,13 @@ from coa.errors import CoaError
 stderr = Console(stderr=True, highlight=False)
 
 
-def model_options(command):
-    """Options that choose and configure the model."""
+def model_options(command, *, key_option: str = "--api-key"):
+    """Options that choose and configure the model; `key_option` names the backend's key option
+    (`coa serve` has its own --api-key)."""
     options = [
         click.option("--model", "-m", default="embedded", show_default=True, help="embedded, gguf:PATH, openai:NAME or scripted."),
         click.option("--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server URL [env: OPENAI_BASE_URL]."),
-        click.option("--api-key", envvar="OPENAI_API_KEY", help="API key for the server [env: OPENAI_API_KEY]."),
+        click.option(key_option, "api_key", envvar="OPENAI_API_KEY", help="API key for the model server [env: OPENAI_API_KEY]."),
         click.option("--window", "-w", type=click.IntRange(min=64), default=DEFAULT_WINDOW, show_default=True, help="Context window in tokens (capped at the model's)."),
         click.option("--max-cu-tokens", type=click.IntRange(min=1), help="Longest communication unit [default: 1024, or window/8 if smaller]."),
         click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_finite),
@@ -103,4 +104,4 @@ class Interrupts:
 
 
 
-from coa.cli import batch, evaluate, info, run  # noqa: E402,F401  (registers the commands)
+from coa.cli import batch, evaluate, info, run, serve  # noqa: E402,F401  (registers the commands)

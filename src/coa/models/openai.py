@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from coa.errors import CoaError, ConfigError, ContextOverflowError, ModelError
+from coa.errors import CoaError, ConfigError, ContextOverflowError, ModelError, UnreachableError
 from coa.models.base import Completion, Messages, count_prompt
 from coa.models.discovery import (
     CHARS_PER_TOKEN_ESTIMATE,
@@ -255,7 +255,7 @@ class OpenAIModel:
         try:
             response = await self._client.post(url, json=payload)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise ModelError(f"cannot reach {self._where} ({str(e) or type(e).__name__})") from None
+            raise UnreachableError(f"cannot reach {self._where} ({str(e) or type(e).__name__})") from None
         except httpx.TransportError as e:  # reset, dropped or cut-off connection
             raise _Retry(f"the connection failed ({str(e) or type(e).__name__})") from None
         status = response.status_code

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from coa import budget
 from coa.chunking import Chunk, TokenIndex, chunk_text, token_index
 from coa.config import Config
-from coa.errors import CoaError
+from coa.errors import CoaError, LimitError
 from coa.fence import unfence
 from coa.models.base import Messages, Model, count_prompt, truncate_to_tokens
 from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
@@ -123,6 +123,8 @@ class Session:
         self._planned: dict[str, int] = {}
         self._index: tuple[str, TokenIndex] | None = None
         self.citations: list[Citation] = []  # set by a strategy that keeps the evidence it answered from
+        self._started = 0  # calls begun, for config.max_calls
+        self._spent = 0  # tokens of the calls begun (prompt + generation limit until they finish), for max_total_tokens
 
     # -- prompts and budgets ---------------------------------------------------------------
     def prompt(self, strategy: str, role: str, kind: Kind | None = None) -> Prompt:
@@ -183,7 +185,9 @@ class Session:
         seed: int | None = None,
         path: int | None = None,
     ) -> Call:
-        budget.check_fits(self.window, self.prompt_tokens(messages), max_tokens)  # never send what cannot fit
+        prompt = self.prompt_tokens(messages)
+        budget.check_fits(self.window, prompt, max_tokens)  # never send what cannot fit
+        self._within_limits(prompt + max_tokens)
         total = max(self._planned.get(role, 1), index + 1)
         async with self._slots:
             self.observer(Progress(role, index, total))
@@ -208,9 +212,22 @@ class Session:
             cached_tokens=completion.cached_tokens,
             prefill_seconds=completion.prefill_seconds,
         )
+        self._spent += call.prompt_tokens + call.completion_tokens - (prompt + max_tokens)
         self.calls.append(call)
         self.observer(Progress(role, index, total, call))
         return call
+
+    def _within_limits(self, tokens: int) -> None:
+        """Count a call about to begin with at most `tokens` tokens; refuse it past the run's limits
+        (checked before the call is sent, so a limit is never passed, even by concurrent calls)."""
+        limit_calls, limit_tokens = self.config.max_calls, self.config.max_total_tokens
+        if limit_calls is not None and self._started >= limit_calls:
+            raise LimitError(f"the run stopped at its limit of {limit_calls} model calls (max_calls)")
+        if limit_tokens is not None and self._spent + tokens > limit_tokens:
+            raise LimitError(f"the run stopped before a call that could take its tokens past {limit_tokens:,} "
+                             f"(max_total_tokens; {self._spent:,} used)")
+        self._started += 1
+        self._spent += tokens
 
     async def prefill(self, role: str, index: int, messages: Messages) -> Call | None:
         """Have the backend evaluate a prompt prefix into its cache without generating (a server

@@ -1,0 +1,99 @@
+"""`coa serve`: the strategies behind an OpenAI-compatible HTTP API, a job API and a web page."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import click
+
+from coa.cli import cli, model_options, stderr
+from coa.config import Config
+from coa.errors import InputError
+from coa.extras import require
+
+
+def default_store() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "chainofagents" / "serve.sqlite"
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless told otherwise).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", "api_keys", multiple=True, envvar="COA_API_KEY",
+              help="A key clients must send as `Authorization: Bearer KEY` (repeatable) [env: COA_API_KEY].")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), help="A file of keys, one per line.")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite file of uploaded documents and job runs [default: $XDG_DATA_HOME/chainofagents/serve.sqlite].")
+@click.option("--max-request-bytes", type=click.IntRange(min=1), default=16 * 2**20, show_default=True,
+              help="Larger request bodies are refused with 413.")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Runs in flight per key; more are refused with 429.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Independent model calls in flight at once within a run.")
+@click.option("--prompts-dir", type=click.Path(file_okay=False, path_type=Path), help="Directory of prompt files overriding the packaged ones.")
+@click.option("--seed", type=int, help="Sampling seed (a request's `seed` replaces it).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@lambda command: model_options(command, key_option="--backend-api-key")
+def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | None, store: Path | None,
+          max_request_bytes: int, max_concurrent: int, concurrency: int, prompts_dir: Path | None, seed: int | None,
+          log_level: str, model: str, base_url: str | None, api_key: str | None, window: int, max_cu_tokens: int | None,
+          temperature: float, timeout: float) -> None:
+    """Serve the strategies over HTTP: OpenAI's chat completions, a job API and a page at /."""
+    uvicorn = require("uvicorn", "serve", "coa serve")
+    require("fastapi", "serve", "coa serve")
+    require("multipart", "serve", "coa serve")  # python-multipart: uploads
+    from coa.models.registry import load_model
+    from coa.serve.app import create_app
+
+    keys = [*api_keys, *read_keys(api_key_file)]
+    if prompts_dir is not None and not prompts_dir.is_dir():
+        raise InputError(f"--prompts-dir {prompts_dir}: no such directory")
+    backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
+    config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
+                    concurrency=concurrency, prompts_dir=prompts_dir)
+    listener = bind(host, port)
+    app = create_app(backend, config, store or default_store(), api_keys=keys, max_request_bytes=max_request_bytes,
+                     max_concurrent=max_concurrent)
+    where = f"http://{host if ':' not in host else f'[{host}]'}:{listener.getsockname()[1]}"
+    access = f"{len(keys)} API key(s)" if keys else "no API key: open to anyone who can reach it"
+    stderr.print(f"coa serve: {where} (model {model}, window {window}; {access})", markup=False, highlight=False)
+    if not keys and not is_loopback(host):
+        stderr.print(f"warning: {host} is reachable from other machines and no --api-key is set", markup=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+    server.run(sockets=[listener])
+
+
+def read_keys(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        keys = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as e:
+        raise InputError(f"--api-key-file {path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"--api-key-file {path}: not UTF-8 text") from None
+    if not keys:
+        raise InputError(f"--api-key-file {path}: holds no key")
+    return keys
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, made here so that a taken port or a bad address is one error line."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return listener
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

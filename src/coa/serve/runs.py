@@ -1,0 +1,196 @@
+"""Runs on the server's event loop: each is an asyncio task that solves one Task with a strategy,
+records an event per call, and wakes whoever follows it. Job runs are also written to the store
+as they go; a chat completion's run lives only as long as its request."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from coa.config import Config
+from coa.errors import CoaError
+from coa.models.base import Model
+from coa.serve.errors import ApiError, from_coa, interrupted
+from coa.serve.store import ServeStore
+from coa.strategies.base import Progress, Strategy
+from coa.task import Result, Task
+
+FINISHED = ("succeeded", "failed", "cancelled")
+PING_SECONDS = 15.0  # the longest silence on an event stream; proxies and clients give up after 30-60 s
+
+
+@dataclass
+class Run:
+    id: str
+    owner: str
+    strategy: str
+    task: Task
+    stored: bool  # a job run, kept in the store
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    started_at: int | None = None
+    finished_at: int | None = None
+    status: str = "queued"
+    answer: str | None = None
+    error: dict[str, Any] | None = None
+    result: Result | None = None
+    failure: ApiError | None = None  # why it did not succeed, as the API reports it
+    events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    job: asyncio.Task | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        if self.result is None:
+            return None
+        usage = self.result.usage
+        return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens, "cached_tokens": usage.cached_tokens,
+                "calls": usage.calls, "seconds": round(usage.seconds, 3)}
+
+    def view(self, *, result: bool = True) -> dict[str, Any]:
+        """The run as the API shows it."""
+        view = {"id": self.id, "object": "coa.run", "created_at": self.created_at, "started_at": self.started_at,
+                "finished_at": self.finished_at, "status": self.status, "strategy": self.strategy,
+                "task": str(self.task.kind), "question": self.task.query, "answer": self.answer, "error": self.error,
+                "usage": self.usage}
+        if result:
+            view["result"] = self.result.to_dict() if self.result else None
+        return view
+
+    async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, str, dict[str, Any]] | None]:
+        """Events numbered above `after`, as they come, until the run has finished; None after each
+        PING_SECONDS without one (for a keep-alive)."""
+        while True:
+            wake = self._wake
+            while after < len(self.events):
+                after += 1
+                yield self.events[after - 1]
+            if self.finished:
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), PING_SECONDS)
+            except TimeoutError:
+                yield None
+
+    async def wait(self) -> None:
+        async for _ in self.follow(len(self.events)):
+            pass
+
+
+class Runner:
+    """Starts runs with the served model, counts each owner's runs in flight, and keeps job runs in
+    the store."""
+
+    def __init__(self, model: Model, config: Config, store: ServeStore, max_concurrent: int) -> None:
+        self.model = model
+        self.config = config
+        self.store = store
+        self.max_concurrent = max_concurrent
+        self.live: dict[str, Run] = {}
+        self.stopping = False
+
+    def in_flight(self, owner: str) -> int:
+        return sum(1 for run in self.live.values() if run.owner == owner)
+
+    def admit(self, owner: str) -> None:
+        """Refuse a new run to an owner with `max_concurrent` in flight: 429 before any body is sent."""
+        if self.in_flight(owner) >= self.max_concurrent:
+            raise ApiError(429, f"{self.max_concurrent} runs are in flight for this key; retry when one has finished",
+                           "rate_limit_error", code="too_many_runs",
+                           headers={"Retry-After": "5", "x-ratelimit-limit-requests": str(self.max_concurrent),
+                                    "x-ratelimit-remaining-requests": "0"})
+
+    def config_for(self, window: int | None = None, **settings: Any) -> Config:
+        """The server's settings with a request's own: a window no larger than the server's, limits,
+        sampling (None keeps the server's)."""
+        given = {key: value for key, value in settings.items() if value is not None}
+        return replace(self.config, window=min(window or self.config.window, self.config.window), **given)
+
+    def start(self, owner: str, strategy: type[Strategy], options: Any, task: Task, config: Config, *,
+              stored: bool) -> Run:
+        self.admit(owner)
+        run = Run(id=f"run_{secrets.token_hex(12)}", owner=owner, strategy=strategy.name, task=task, stored=stored)
+        if stored:
+            self.store.add_run(owner, run.view(result=False))
+        self.live[run.id] = run
+        solver = strategy(self.model, config, observer=lambda event: self._observe(run, event), options=options)
+        run.job = asyncio.create_task(self._execute(run, solver))
+        return run
+
+    def get(self, owner: str, id: str) -> Run | None:
+        run = self.live.get(id)
+        return run if run is not None and run.owner == owner else None
+
+    def cancel(self, run: Run) -> None:
+        if run.job is not None and not run.finished:
+            run.job.cancel()
+
+    async def _execute(self, run: Run, solver: Strategy) -> None:
+        self._change(run, status="running", started_at=int(time.time()))
+        try:
+            (result,) = await solver.arun_many([run.task])
+            run.result, run.answer = result, result.answer
+            self._finish(run, "succeeded")
+        except asyncio.CancelledError:
+            if self.stopping:  # cut off by the server's stop, not by its client
+                self._fail(run, interrupted())
+            else:
+                run.failure = ApiError(499, "the run was cancelled", "cancelled", code="cancelled")
+                self._finish(run, "cancelled")
+        except CoaError as e:
+            self._fail(run, from_coa(e))
+        except Exception as e:  # a fault in a strategy or backend: the run fails, the server goes on
+            self._fail(run, ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
+
+    def _fail(self, run: Run, failure: ApiError) -> None:
+        run.failure, run.error = failure, failure.body()["error"]
+        self._finish(run, "failed")
+
+    def _observe(self, run: Run, event: Progress) -> None:
+        data: dict[str, Any] = {"type": "started" if event.call is None else "finished", "role": event.role,
+                                "index": event.index, "total": event.total}
+        if event.call is not None:
+            call = event.call
+            data |= {"span": list(call.span) if call.span else None, "prompt_tokens": call.prompt_tokens,
+                     "completion_tokens": call.completion_tokens, "cached_tokens": call.cached_tokens,
+                     "seconds": round(call.seconds, 3), "output": call.output, "cu": call.cu, "note": call.note}
+        self._emit(run, "call", data)
+
+    def _change(self, run: Run, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(run, key, value)
+        if run.stored:
+            self.store.update_run(run.id, changes)
+        self._emit(run, "status", {"status": run.status})
+
+    def _finish(self, run: Run, status: str) -> None:
+        self.live.pop(run.id, None)
+        run.status, run.finished_at = status, int(time.time())
+        if run.stored:
+            view = run.view()
+            self.store.update_run(run.id, {k: view[k] for k in ("status", "finished_at", "answer", "error", "usage", "result")})
+        self._emit(run, "done", run.view(result=False))
+
+    def _emit(self, run: Run, type: str, data: dict[str, Any]) -> None:
+        seq = len(run.events) + 1
+        run.events.append((seq, type, data))
+        if run.stored:
+            self.store.add_event(run.id, seq, type, data)
+        wake, run._wake = run._wake, asyncio.Event()
+        wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop what is in flight: those runs end as failed, interrupted by the server's stop."""
+        self.stopping = True
+        jobs = [run.job for run in self.live.values() if run.job is not None]
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
