@@ -53,6 +53,7 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
 
     app = FastAPI(title="coa serve", version="1", lifespan=lifespan,
                   description="Long-context answers from a short-window model: see docs/serve.md.")
+    app.state.runner = runner  # for a look at the runs in flight
     app.add_middleware(Guard, keys=list(api_keys), max_bytes=max_request_bytes)
     handle_errors(app)
 

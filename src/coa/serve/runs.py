@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -96,6 +97,9 @@ class Runner:
         self.max_concurrent = max_concurrent
         self.live: dict[str, Run] = {}
         self.stopping = False
+        # Each run has a thread and an event loop of its own: strategies count tokens synchronously
+        # (a tokenizer, or a server's /tokenize), which must never stall the server's loop.
+        self.threads = ThreadPoolExecutor(max_workers=max(32, 4 * max_concurrent), thread_name_prefix="coa-run")
 
     def in_flight(self, owner: str) -> int:
         return sum(1 for run in self.live.values() if run.owner == owner)
@@ -121,7 +125,9 @@ class Runner:
         if stored:
             self.store.add_run(owner, run.view(result=False))
         self.live[run.id] = run
-        solver = strategy(self.model, config, observer=lambda event: self._observe(run, event), options=options)
+        loop = asyncio.get_running_loop()
+        solver = strategy(self.model, config, options=options,
+                          observer=lambda event: loop.call_soon_threadsafe(self._observe, run, event))
         run.job = asyncio.create_task(self._execute(run, solver))
         return run
 
@@ -135,11 +141,21 @@ class Runner:
 
     async def _execute(self, run: Run, solver: Strategy) -> None:
         self._change(run, status="running", started_at=int(time.time()))
+        inner: list[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = []  # the run's own loop and task
+
+        def solve() -> list[Result]:
+            async def main() -> list[Result]:
+                inner.append((asyncio.get_running_loop(), asyncio.current_task()))  # type: ignore[arg-type]
+                return await solver.arun_many([run.task])
+            return asyncio.run(main())
+
         try:
-            (result,) = await solver.arun_many([run.task])
+            (result,) = await asyncio.get_running_loop().run_in_executor(self.threads, solve)
             run.result, run.answer = result, result.answer
             self._finish(run, "succeeded")
         except asyncio.CancelledError:
+            for loop, task in inner:  # no call begins after this; one in flight ends in its thread, unread
+                loop.call_soon_threadsafe(task.cancel)
             if self.stopping:  # cut off by the server's stop, not by its client
                 self._fail(run, interrupted())
             else:
@@ -194,3 +210,4 @@ class Runner:
         for job in jobs:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
+        self.threads.shutdown(wait=False, cancel_futures=True)

@@ -131,9 +131,8 @@ def _column(key: str, value: Any) -> Any:
 
 
 def _run(row: sqlite3.Row) -> dict[str, Any]:
-    run = {"object": "coa.run", **dict(row)}
+    run = {"id": row["id"], "object": "coa.run", **dict(row)}
     for key in JSON_FIELDS:
         if isinstance(run.get(key), str):
             run[key] = json.loads(run[key])
-    run.setdefault("result", None)
     return run
