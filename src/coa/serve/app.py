@@ -249,11 +249,11 @@ class Completion:
 def progress_line(call: dict[str, Any]) -> str:
     """A finished call as a line of the stream's reasoning: who, which tokens, and what it passed on."""
     span = f" tokens {call['span'][0]:,}-{call['span'][1]:,}" if call.get("span") else ""
-    passed = " ".join((call.get("cu") or call.get("output") or "").split())
+    passed = " ".join((call["cu"] if call.get("cu") is not None else call.get("output") or "").split())
     if len(passed) > 400:
         passed = passed[:400] + "…"
     return (f"{call['role']} {call['index'] + 1}/{call['total']}{span}: {call['prompt_tokens']:,} → "
-            f"{call['completion_tokens']:,} tokens, {call['seconds']:.1f} s. {passed}\n")
+            f"{call['completion_tokens']:,} tokens, {call['seconds']:.1f} s. {passed or '(nothing passed on)'}\n")
 
 
 def pieces(answer: str) -> list[str]:
