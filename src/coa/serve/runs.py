@@ -126,8 +126,11 @@ class Runner:
             self.store.add_run(owner, run.view(result=False))
         self.live[run.id] = run
         loop = asyncio.get_running_loop()
-        solver = strategy(self.model, config, options=options,
-                          observer=lambda event: loop.call_soon_threadsafe(self._observe, run, event))
+
+        def observe(event: Progress) -> None:  # called in the run's thread
+            loop.call_soon_threadsafe(self._observe, run, event)
+
+        solver = strategy(self.model, config, options=options, observer=observe)
         run.job = asyncio.create_task(self._execute(run, solver))
         return run
 
