@@ -329,6 +329,8 @@ def test_a_job_run_streams_its_calls_and_keeps_its_trace(tmp_path):
     assert [c["type"] for c in calls].count("started") == len(finished) == len(run["result"]["calls"])
     workers = [c for c in finished if c["role"] == "worker"]
     assert len(workers) >= 2 and all(c["span"] for c in workers) and "event 7" in workers[-1]["cu"]
+    traced = [c for c in run["result"]["calls"] if c["role"] == "worker"]
+    assert [(c["cu"], c["note"]) for c in workers] == [(c["cu"], c["note"]) for c in traced]  # as passed on
     assert [int(e["id"]) for e in events if "id" in e] == list(range(1, len(kinds) + 1))
     assert [int(e["id"]) for e in resumed if "id" in e] == list(range(4, len(kinds) + 1))
     assert json.loads(events[-1]["data"])["status"] == run["status"] == "succeeded"

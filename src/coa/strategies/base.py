@@ -184,7 +184,10 @@ class Session:
         temperature: float | None = None,
         seed: int | None = None,
         path: int | None = None,
+        then: Callable[[Call], None] | None = None,
     ) -> Call:
+        """Make one call. `then(call)` fills in what the strategy makes of the output (the CU passed
+        on, a note) before the call is recorded and observers hear that it finished."""
         prompt = self.prompt_tokens(messages)
         budget.check_fits(self.window, prompt, max_tokens)  # never send what cannot fit
         self._within_limits(prompt + max_tokens)
@@ -213,6 +216,8 @@ class Session:
             prefill_seconds=completion.prefill_seconds,
         )
         self._spent += call.prompt_tokens + call.completion_tokens - (prompt + max_tokens)
+        if then is not None:
+            then(call)
         self.calls.append(call)
         self.observer(Progress(role, index, total, call))
         return call

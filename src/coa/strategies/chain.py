@@ -8,6 +8,7 @@ import os
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 from pydantic import Field, FiniteFloat
@@ -22,7 +23,7 @@ from coa.models.base import Messages, truncate_to_tokens
 from coa.strategies.base import Session, Strategy, query_text, register
 from coa.strategies.options import Options
 from coa.strategies.rag import bm25_scores
-from coa.task import Citation, Task
+from coa.task import Call, Citation, Task
 
 RECHUNK_FACTOR = 0.75  # after an overflow, chunks are re-split this much smaller
 MAX_RECHUNKS = 3
@@ -203,16 +204,16 @@ async def run_chains(
                 s.plan("worker", total)
                 previous = truncate_to_tokens(s.model, chain.cu, limit)
                 messages = worker_messages(s, t, chunk.text, previous, done + 1, total)
-                call = await s.call(
-                    "worker", done, messages, limit, span=chunk.span, temperature=temperature, seed=seed, path=path
-                )
-                cu, call.note = next_cu(call.output, previous, chunk.text, question, guard=options.guard)
+                passes = partial(pass_on, previous=previous, chunk=chunk.text, question=question, guard=options.guard)
+                call = await s.call("worker", done, messages, limit, span=chunk.span, temperature=temperature,
+                                    seed=seed, path=path, then=passes)
+                cu = call.cu or ""
                 if options.early_exit and t.kind.needs_query:
                     chain.unchanged = chain.unchanged + 1 if same(cu, previous) and bears_on(cu, query_text(t)) else 0
                     chain.stopped = chain.unchanged >= options.early_exit
                 if question is not None:
                     chain.citations = cite(cu, chunk.text, chunk.start, chain.citations, done, question)
-                chain.cu = call.cu = cu
+                chain.cu = cu
                 spans.append((chunk.start, chunk.end))
         except ContextOverflowError:
             if ahead is not None:
@@ -240,6 +241,11 @@ async def prefetch(session: Session, task: Task, chunk: Chunk, position: int, to
     shared = os.path.commonprefix([with_none[-1]["content"], with_cu[-1]["content"]])
     if shared:
         await session.prefill("prefetch", index, [*with_none[:-1], {**with_none[-1], "content": shared}])
+
+
+def pass_on(call: Call, *, previous: str, chunk: str, question: str | None, guard: bool) -> None:
+    """Set a worker call's CU (and a note where it is not the output as written)."""
+    call.cu, call.note = next_cu(call.output, previous, chunk, question, guard=guard)
 
 
 def next_cu(output: str, previous: str, chunk: str, asked: str | None, *, guard: bool) -> tuple[str, str | None]:

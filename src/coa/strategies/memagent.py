@@ -9,6 +9,8 @@ only an empty reply keeps the old memory. Questions only (qa, mcq)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from pydantic import Field
 
 from coa.fence import unfence
@@ -16,7 +18,7 @@ from coa.models.base import Messages, truncate_to_tokens
 from coa.strategies.base import Session, Strategy, query_text, register
 from coa.strategies.options import Options
 from coa.strategies.readagent import questions_only
-from coa.task import Task
+from coa.task import Call, Task
 
 WORDS_PER_TOKEN = 0.75  # the memory's size is told to the model in words, which it can judge
 
@@ -43,12 +45,16 @@ class MemAgent(Strategy):
         session.plan("worker", len(chunks))
         for i, chunk in enumerate(chunks):
             messages = update_messages(session, task, chunk.text, memory, size, i + 1, len(chunks))
-            call = await session.call("worker", i, messages, size, span=chunk.span)
-            memory, call.note = next_memory(session, call.output, memory, size)
-            call.cu = memory
+            call = await session.call("worker", i, messages, size, span=chunk.span,
+                                      then=partial(keep_memory, session=session, previous=memory, size=size))
+            memory = call.cu or ""
         session.plan("manager", 1)
         call = await session.call("manager", 0, manager_messages(session, task, memory), answer_tokens)
         return call.output, {"memory_tokens": size, "chunks": len(chunks), "chunk_tokens": budget}
+
+
+def keep_memory(call: Call, *, session: Session, previous: str, size: int) -> None:
+    call.cu, call.note = next_memory(session, call.output, previous, size)
 
 
 def next_memory(session: Session, output: str, previous: str, size: int) -> tuple[str, str | None]:
