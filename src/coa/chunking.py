@@ -9,6 +9,7 @@ order they give the document back exactly.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -125,8 +126,15 @@ def _boundary(text: str, start: int, limit: int, end: int, lines: bool) -> int:
     return space + 1 if space > start + (limit - start) // 2 else limit
 
 
+# One thread splits at a time. The work is pure Python, so threads gain nothing by overlapping,
+# and Punkt's wall-clock guard (below) would count the time other threads hold the interpreter:
+# under `coa serve`'s concurrent runs that tripled the CPU time and put the guard at risk.
+_SPLITTING = threading.Lock()
+
+
 def _sentence_starts(text: str, start: int, end: int) -> list[int]:
-    return [start + s for s, _ in _sentence_splitter().span_tokenize(text[start:end])]
+    with _SPLITTING:
+        return [start + s for s, _ in _sentence_splitter().span_tokenize(text[start:end])]
 
 
 def sentences(text: str) -> list[str]:

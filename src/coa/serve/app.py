@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from coa.strategies.base import STRATEGIES, Strategy, get_strategy, parse_option
 STATIC = files("coa.serve") / "static"
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+EVENT_ID = re.compile(r"[0-9]{1,18}")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy holds events back
 
 
@@ -56,6 +58,7 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
     app.state.runner = runner  # for a look at the runs in flight
     app.add_middleware(Guard, keys=list(api_keys), max_bytes=max_request_bytes)
     handle_errors(app)
+    describe_errors(app)
 
     # -- the page and health ------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -106,10 +109,13 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
 
     # -- documents ----------------------------------------------------------------------------------
     @app.post("/v1/files")
-    async def upload_file(request: Request, file: Annotated[UploadFile, File()],
+    async def upload_file(request: Request, file: Annotated[UploadFile | str, File()],
                           purpose: Annotated[str, Form()] = "coa") -> dict[str, Any]:
-        text = await read_upload(file)
-        record = {"id": f"file-{secrets.token_hex(12)}", "owner": request.state.owner, "filename": file.filename or "",
+        # A part without a file name arrives as text: it is the document all the same.
+        text = await read_upload(file) if not isinstance(file, str) else checked(
+            lambda: decode_document(file.encode(), "file").text, "file")
+        filename = file.filename if not isinstance(file, str) else ""
+        record = {"id": f"file-{secrets.token_hex(12)}", "owner": request.state.owner, "filename": filename or "",
                   "purpose": purpose, "bytes": len(text.encode()), "created_at": int(time.time())}
         served.add_file(record, text)
         return served.file(record["owner"], record["id"]) or {}
@@ -167,7 +173,7 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
     @app.get("/v1/runs/{run_id}/events")
     async def run_events(run_id: str, request: Request,
                          last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
-        after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else 0
+        after = int(last_event_id) if last_event_id and EVENT_ID.fullmatch(last_event_id.strip()) else 0
         run = runner.get(request.state.owner, run_id)
         if run is None and served.run(request.state.owner, run_id, result=False) is None:
             raise not_found("run", run_id)
@@ -219,7 +225,7 @@ class Completion:
                                 "model": self.model, "choices": choices}
         if with_usage:  # vLLM sends `usage: null` in every chunk but the last when usage is asked for
             body["usage"] = usage
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+        return f"data: {sse_json(body)}\n\n"
 
     def delta(self, delta: dict[str, Any], with_usage: bool, finish: str | None = None) -> str:
         return self.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], with_usage)
@@ -234,7 +240,7 @@ class Completion:
                 elif event[1] == "call" and event[2]["type"] == "finished":
                     yield self.delta({"reasoning_content": progress_line(event[2])}, with_usage)
             if run.failure is not None:
-                yield f"data: {json.dumps(run.failure.body(), ensure_ascii=False)}\n\n"
+                yield f"data: {sse_json(run.failure.body())}\n\n"
             else:
                 for piece in pieces(run.answer or ""):
                     yield self.delta({"content": piece}, with_usage)
@@ -244,6 +250,13 @@ class Completion:
             yield "data: [DONE]\n\n"
         finally:  # the client went away (or the stream ended): nothing more to compute
             runner.cancel(run)
+
+
+def sse_json(data: Any) -> str:
+    """JSON for an event's data line: UTF-8, with the characters that some line readers take for a
+    line break escaped (SSE lines end only at CR or LF, but not every client reads them so)."""
+    text = json.dumps(data, ensure_ascii=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
 
 
 def progress_line(call: dict[str, Any]) -> str:
@@ -320,7 +333,7 @@ async def event_stream(run: Run | None, served: ServeStore, run_id: str, after: 
             yield ": ping\n\n"
         else:
             seq, type, data = event
-            yield f"id: {seq}\nevent: {type}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+            yield f"id: {seq}\nevent: {type}\ndata: {sse_json(data)}\n\n"
 
 
 async def _recorded(served: ServeStore, run_id: str, after: int) -> AsyncIterator[tuple[int, str, dict[str, Any]] | None]:
@@ -393,6 +406,34 @@ def handle_errors(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse(ApiError(500, "internal error", "server_error").body(), 500)
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+
+
+def describe_errors(app: FastAPI) -> None:
+    """The schema says what the server does: a malformed request is 400 with OpenAI's error body
+    (FastAPI's default schema says 422 with its own)."""
+    build = app.openapi
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses["400"] = {"description": "A malformed request: OpenAI's error body",
+                                            "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+            for name in ("HTTPValidationError", "ValidationError"):
+                document.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]
 
 
 def validation_error(errors: Any) -> ApiError:

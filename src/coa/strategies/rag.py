@@ -85,6 +85,8 @@ def bm25_scores(passages: list[str], query: str) -> list[float]:
     import bm25s
 
     corpus = bm25s.tokenize(passages, stopwords="en", show_progress=False)
+    if not corpus.vocab:  # only stop words and one-letter words: nothing to match, and bm25s cannot index it
+        return [0.0] * len(passages)
     index = bm25s.BM25()
     index.index(corpus, show_progress=False)
     terms = bm25s.tokenize(query, stopwords="en", return_ids=False, show_progress=False)[0]
