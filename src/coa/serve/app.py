@@ -207,7 +207,7 @@ class Completion:
         """coa's own part of the reply: what the run did, the evidence, and the trace on request."""
         result = self.run.result
         assert result is not None
-        extra: dict[str, Any] = {"run": self.run.id, "strategy": result.strategy, "calls": len(result.calls),
+        extra: dict[str, Any] = {"strategy": result.strategy, "calls": len(result.calls),
                                  "seconds": round(result.seconds, 3),
                                  "citations": [vars(c) for c in result.citations], "warnings": result.warnings}
         if self.trace:
