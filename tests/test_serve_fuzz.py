@@ -359,7 +359,7 @@ def check_stream(text: str, include_usage: bool) -> None:
     assert len(finishes) == 1, text[-800:]
     if include_usage:
         assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0, chunks[-1]
-        assert all(c["usage"] is None for c in chunks[:-1])
+        assert all("usage" not in c for c in chunks[:-1])
     else:
         assert all("usage" not in c for c in chunks)
 

@@ -220,33 +220,33 @@ class Completion:
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason()}],
                 "usage": self.usage(), "coa": self.extra()}
 
-    def chunk(self, choices: list[dict[str, Any]], with_usage: bool, usage: dict[str, Any] | None = None) -> str:
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
         body: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                                 "model": self.model, "choices": choices}
-        if with_usage:  # vLLM sends `usage: null` in every chunk but the last when usage is asked for
+        if usage is not None:  # as vLLM: a chunk carries `usage` only where it is set (the last, when asked for)
             body["usage"] = usage
         return f"data: {sse_json(body)}\n\n"
 
-    def delta(self, delta: dict[str, Any], with_usage: bool, finish: str | None = None) -> str:
-        return self.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], with_usage)
+    def delta(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        return self.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
 
     async def stream(self, runner: Runner, with_usage: bool) -> AsyncIterator[str]:
         run = self.run
         try:
-            yield self.delta({"role": "assistant", "content": ""}, with_usage)
+            yield self.delta({"role": "assistant", "content": ""})
             async for event in run.follow():
                 if event is None:
                     yield ": ping\n\n"
                 elif event[1] == "call" and event[2]["type"] == "finished":
-                    yield self.delta({"reasoning_content": progress_line(event[2])}, with_usage)
+                    yield self.delta({"reasoning_content": progress_line(event[2])})
             if run.failure is not None:
                 yield f"data: {sse_json(run.failure.body())}\n\n"
             else:
                 for piece in pieces(run.answer or ""):
-                    yield self.delta({"content": piece}, with_usage)
-                yield self.delta({}, with_usage, self.finish_reason())
+                    yield self.delta({"content": piece})
+                yield self.delta({"content": ""}, self.finish_reason())
                 if with_usage:
-                    yield self.chunk([], True, self.usage())
+                    yield self.chunk([], self.usage())
             yield "data: [DONE]\n\n"
         finally:  # the client went away (or the stream ended): nothing more to compute
             runner.cancel(run)
