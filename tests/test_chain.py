@@ -402,3 +402,33 @@ def test_chunk_tokens_caps_what_each_worker_reads():
     capped = chain(chunk_tokens=60)[1].run(Task(document(80), "What happened?"))
     assert all(end - start <= 60 for start, end in (c.span for c in capped.workers))
     assert len(capped.workers) > len(whole.workers) and capped.settings["chunk_tokens"] <= 60
+
+
+@pytest.mark.parametrize("limit", [{"max_calls": 3}, {"max_total_tokens": 1400}])
+def test_at_its_limits_the_chain_answers_from_what_it_read(limit):
+    model = ScriptedModel(context_window=400)
+    coa = ChainOfAgents(model, Config(window=400, max_cu_tokens=40, **limit), options={"guard": False})
+    result = coa.run(Task(document(80), "What did sentence number 3 tell?"))
+    whole = ChainOfAgents(ScriptedModel(context_window=400), Config(window=400, max_cu_tokens=40),
+                          options={"guard": False}).run(Task(document(80), "What did sentence number 3 tell?"))
+    assert 1 <= len(result.workers) < len(whole.workers) and result.calls[-1].role == "manager"
+    assert result.settings["stopped_at_limit"] is True and not whole.settings["stopped_at_limit"]
+    assert f"the answer is from the first {len(result.workers)} of {len(whole.workers)} chunks" in result.warnings[0]
+    if "max_calls" in limit:
+        assert len(result.calls) == limit["max_calls"]
+    else:  # prompt + generation limit of every call, counted before it was sent, stays within the limit
+        assert sum(c.prompt_tokens + c.completion_tokens for c in result.calls) <= limit["max_total_tokens"]
+    assert len(model.prompts) == len(result.calls)  # no call was sent and then dropped
+
+
+def test_a_limit_that_leaves_no_room_to_read_and_answer_is_an_error():
+    from coa.errors import LimitError
+
+    coa = ChainOfAgents(ScriptedModel(context_window=400), Config(window=400, max_cu_tokens=40, max_calls=1))
+    with pytest.raises(LimitError, match="limit of 1 model calls"):
+        coa.run(Task(document(80), "What did sentence number 3 tell?"))
+    # Without a manager there is nothing to answer from what was read: the limit ends the run.
+    paper = ChainOfAgents(ScriptedModel(context_window=400), Config(window=400, max_cu_tokens=40, max_calls=2),
+                          options={"manager": False})
+    with pytest.raises(LimitError):
+        paper.run(Task(document(80), "What did sentence number 3 tell?"))

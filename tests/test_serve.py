@@ -187,15 +187,20 @@ def test_a_backend_failure_is_502_or_503_with_its_message(tmp_path, error, statu
     assert json.loads(events[-2])["error"]["type"] == kind and events[-1] == "[DONE]"
 
 
-def test_limits_on_calls_and_tokens_stop_the_run_with_422(tmp_path):
+def test_at_its_limits_coa_answers_from_what_it_read_and_others_stop_with_422(tmp_path):
     model = ScriptedModel(context_window=512)
     with running(model, tmp_path) as (base, _):
-        calls = httpx.post(f"{base}/v1/chat/completions", json=chat_body(coa={"max_calls": 2}), timeout=30)
+        partial = httpx.post(f"{base}/v1/chat/completions", json=chat_body(coa={"max_calls": 3}), timeout=30)
+        merge = httpx.post(f"{base}/v1/chat/completions", json=chat_body(model="coa/merge", coa={"max_calls": 2}),
+                           timeout=30)
         made = len(model.prompts)
-        tokens = httpx.post(f"{base}/v1/chat/completions", json=chat_body(coa={"max_total_tokens": 1000}), timeout=30)
-    assert calls.status_code == 422 and calls.json()["error"]["type"] == "run_limit_error"
-    assert "limit of 2 model calls" in calls.json()["error"]["message"]
-    assert made == 2  # the limit is checked before a call is sent
+        tokens = httpx.post(f"{base}/v1/chat/completions", timeout=30,
+                            json=chat_body(model="coa/merge", coa={"max_total_tokens": 1000}))
+    assert partial.status_code == 200
+    assert partial.json()["coa"]["calls"] == 3 and "max_calls" in partial.json()["coa"]["warnings"][0]
+    assert merge.status_code == 422 and merge.json()["error"]["type"] == "run_limit_error"
+    assert "limit of 2 model calls" in merge.json()["error"]["message"]
+    assert 1 <= made - 3 <= 2  # a limit is checked before a call is sent: never more calls than it allows
     assert tokens.status_code == 422 and "max_total_tokens" in tokens.json()["error"]["message"]
 
 

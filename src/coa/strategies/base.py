@@ -123,6 +123,10 @@ class Session:
         self._planned: dict[str, int] = {}
         self._index: tuple[str, TokenIndex] | None = None
         self.citations: list[Citation] = []  # set by a strategy that keeps the evidence it answered from
+        self.warnings: list[str] = []  # what the result should tell its reader (a run cut short, ...)
+        # Tokens kept back under config's limits for one last call that answers from what was read
+        # (set by a strategy that can answer early); None: no call is kept for.
+        self.answer_reserve: int | None = None
         self._started = 0  # calls begun, for config.max_calls
         self._spent = 0  # tokens of the calls begun (prompt + generation limit until they finish), for max_total_tokens
 
@@ -185,12 +189,14 @@ class Session:
         seed: int | None = None,
         path: int | None = None,
         then: Callable[[Call], None] | None = None,
+        final: bool = False,
     ) -> Call:
         """Make one call. `then(call)` fills in what the strategy makes of the output (the CU passed
-        on, a note) before the call is recorded and observers hear that it finished."""
+        on, a note) before the call is recorded and observers hear that it finished. A `final` call
+        may use what `answer_reserve` kept back."""
         prompt = self.prompt_tokens(messages)
         budget.check_fits(self.window, prompt, max_tokens)  # never send what cannot fit
-        self._within_limits(prompt + max_tokens)
+        self._within_limits(prompt + max_tokens, final)
         total = max(self._planned.get(role, 1), index + 1)
         async with self._slots:
             self.observer(Progress(role, index, total))
@@ -222,13 +228,15 @@ class Session:
         self.observer(Progress(role, index, total, call))
         return call
 
-    def _within_limits(self, tokens: int) -> None:
+    def _within_limits(self, tokens: int, final: bool) -> None:
         """Count a call about to begin with at most `tokens` tokens; refuse it past the run's limits
-        (checked before the call is sent, so a limit is never passed, even by concurrent calls)."""
+        (checked before the call is sent, so a limit is never passed, even by concurrent calls), or
+        where it would leave too little for the final call that `answer_reserve` keeps for."""
         limit_calls, limit_tokens = self.config.max_calls, self.config.max_total_tokens
-        if limit_calls is not None and self._started >= limit_calls:
+        kept_calls, kept_tokens = (0, 0) if final or self.answer_reserve is None else (1, self.answer_reserve)
+        if limit_calls is not None and self._started + kept_calls >= limit_calls:
             raise LimitError(f"the run stopped at its limit of {limit_calls} model calls (max_calls)")
-        if limit_tokens is not None and self._spent + tokens > limit_tokens:
+        if limit_tokens is not None and self._spent + tokens + kept_tokens > limit_tokens:
             raise LimitError(f"the run stopped before a call that could take its tokens past {limit_tokens:,} "
                              f"(max_total_tokens; {self._spent:,} used)")
         self._started += 1
@@ -261,7 +269,8 @@ class Session:
             calls=self.calls,
             seconds=time.perf_counter() - self.started,
             settings={"temperature": self.config.temperature, "seed": self.config.seed, **settings},
-            warnings=list(getattr(self.model, "warnings", ())),  # e.g. a server tokenizer that stopped answering
+            # e.g. a server tokenizer that stopped answering, a run cut short by its limits
+            warnings=[*getattr(self.model, "warnings", ()), *self.warnings],
             token_counter=getattr(self.model, "token_counter", None),
             citations=list(self.citations),
         )

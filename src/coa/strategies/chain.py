@@ -16,7 +16,7 @@ from pydantic import Field, FiniteFloat
 from coa.answers import is_refusal
 from coa.budget import MIN_CHUNK_TOKENS
 from coa.chunking import Chunk
-from coa.errors import ContextOverflowError
+from coa.errors import ContextOverflowError, LimitError
 from coa.fence import unfence
 from coa.grounding import bears_on, cite, grounded, same
 from coa.models.base import Messages, truncate_to_tokens
@@ -60,6 +60,7 @@ class Chain:
     unchanged: int = 0  # workers in a row that left an answer-bearing CU as it was
     stopped: bool = False  # early exit
     saved: int = 0  # worker calls early exit saved
+    limited: str | None = None  # why reading stopped at the run's limits (the manager answers from what was read)
 
 
 @register
@@ -89,6 +90,7 @@ class ChainOfAgents(Strategy):
                 "grounding": grounding_for(options, task),
                 "skipped_chunks": chain.skipped,
                 "early_exit_saved": chain.saved,
+                "stopped_at_limit": chain.limited is not None,
             }))
         return outcomes
 
@@ -181,12 +183,15 @@ async def run_chains(
     chunks, skipped = reading(session.chunks(task, budget), options, task, seed or 0)
     for chain in chains:
         chain.skipped = skipped
+    if options.manager:  # under a call or token limit, the manager can still answer from what was read
+        for s, _ in runs:
+            s.answer_reserve = s.window
     queue = deque(chunks)
     done = 0
     while queue:
-        if all(chain.stopped for chain in chains):
+        if all(chain.stopped or chain.limited for chain in chains):
             for chain in chains:
-                chain.saved += len(queue)
+                chain.saved += len(queue) if chain.stopped else 0
             break
         chunk = queue.popleft()
         if chunk.tokens > budget:  # the budget shrank after an overflow
@@ -196,7 +201,7 @@ async def run_chains(
         ahead = asyncio.create_task(prefetch(session, task, queue[0], done + 2, total)) if options.prefetch and queue else None
         try:
             for (s, t), chain, spans, question in zip(runs, chains, read, asked, strict=True):
-                if any(a <= chunk.start and chunk.end <= b for a, b in spans):
+                if chain.limited or any(a <= chunk.start and chunk.end <= b for a, b in spans):
                     continue
                 if chain.stopped:
                     chain.saved += 1
@@ -205,8 +210,15 @@ async def run_chains(
                 previous = truncate_to_tokens(s.model, chain.cu, limit)
                 messages = worker_messages(s, t, chunk.text, previous, done + 1, total)
                 passes = partial(pass_on, previous=previous, chunk=chunk.text, question=question, guard=options.guard)
-                call = await s.call("worker", done, messages, limit, span=chunk.span, temperature=temperature,
-                                    seed=seed, path=path, then=passes)
+                try:
+                    call = await s.call("worker", done, messages, limit, span=chunk.span, temperature=temperature,
+                                        seed=seed, path=path, then=passes)
+                except LimitError as e:
+                    if not spans or not options.manager:  # nothing read yet, or no manager to answer
+                        raise
+                    chain.limited = str(e)
+                    s.warnings.append(f"{e}: the answer is from the first {len(spans)} of {total} chunks")
+                    continue
                 cu = call.cu or ""
                 if options.early_exit and t.kind.needs_query:
                     chain.unchanged = chain.unchanged + 1 if same(cu, previous) and bears_on(cu, query_text(t)) else 0
@@ -281,5 +293,6 @@ async def manage(
     summary = truncate_to_tokens(session.model, cu, cu_limit(session))
     session.plan("manager", 1)
     messages = manager_messages(session, task, summary)
-    call = await session.call("manager", 0, messages, max_tokens, seed=seed, temperature=temperature, path=path)
+    call = await session.call("manager", 0, messages, max_tokens, seed=seed, temperature=temperature, path=path,
+                              final=True)
     return call.output
