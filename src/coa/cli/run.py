@@ -27,6 +27,8 @@ def run_options(command):
         click.option("--requirement", help="Replace the task requirement given to the answering call."),
         click.option("--seed", type=int, help="Sampling seed; also seeds permutations."),
         click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Independent model calls in flight at once."),
+        click.option("--max-calls", type=click.IntRange(min=1), help="Make at most this many model calls (coa answers from what it read by then)."),
+        click.option("--max-total-tokens", type=click.IntRange(min=1), help="Spend at most this many prompt + completion tokens (likewise)."),
         click.option("--prompts-dir", type=click.Path(file_okay=False, path_type=Path), help="Directory of prompt files overriding the packaged ones."),
         click.option("--json", "as_json", is_flag=True, help="Print the answer and the full trace as one JSON object."),
         click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Also write the trace as JSON to this file."),
@@ -78,7 +80,8 @@ def _run(file: str, make_tasks, **settings) -> None:
 
 
 def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, window,
-           max_cu_tokens, requirement, temperature, timeout, seed, concurrency, prompts_dir, as_json, trace, verbose) -> None:
+           max_cu_tokens, requirement, temperature, timeout, seed, concurrency, max_calls, max_total_tokens, prompts_dir,
+           as_json, trace, verbose) -> None:
     from coa.models.registry import load_model
     from coa.prompts import task_format
     from coa.strategies import get_strategy
@@ -97,7 +100,7 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
     task_format(tasks[0].kind, prompts_dir)  # a broken tasks.yaml override fails before the model loads
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
-                    concurrency=concurrency, prompts_dir=prompts_dir)
+                    concurrency=concurrency, prompts_dir=prompts_dir, max_calls=max_calls, max_total_tokens=max_total_tokens)
     with CallPrinter(stderr, verbose=verbose) as printer:
         try:
             results = solver(backend, config, observer=printer, options=options).run_many(tasks)
@@ -108,6 +111,8 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
                 saved = save_partial(printer.calls, message, trace)
                 raise type(e)(f"{message}; the {len(printer.calls)} calls made are in {saved}") from None
             raise
+    for warning in dict.fromkeys(w for result in results for w in result.warnings):  # the run's own, once each
+        stderr.print(f"warning: {warning}", markup=False)
     for result in results:
         result.warnings.extend(document.warnings)
     _print(results, [t.query for t in tasks], as_json)
