@@ -272,6 +272,22 @@ def test_keys_guard_the_api_but_not_the_page_or_health(tmp_path):
     assert other.status_code == 404 and own.status_code == 200  # runs belong to the key that made them
 
 
+def test_other_sites_pages_and_rebound_host_names_are_refused(tmp_path):
+    hosts = ["localhost", "127.0.0.1", "::1"]
+    with running(ScriptedModel(context_window=512), tmp_path, allowed_hosts=hosts) as (base, _):
+        port = base.rsplit(":", 1)[1]
+        rebound = httpx.get(f"{base}/v1/models", headers={"Host": f"attacker.example:{port}"})
+        page = httpx.get(f"{base}/", headers={"Host": f"attacker.example:{port}"})
+        foreign = httpx.post(f"{base}/v1/runs", files={"file": ("d.txt", DOCUMENT.encode())}, data={"question": "Q?"},
+                             headers={"Origin": "https://attacker.example"})
+        own = httpx.post(f"{base}/v1/runs", json={"document": DOCUMENT, "question": "Q?"}, headers={"Origin": base})
+        named = httpx.get(f"http://localhost:{port}/v1/models")
+    for refused in (rebound, page, foreign):
+        assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+    assert rebound.json()["error"]["code"] == "host_not_allowed" and foreign.json()["error"]["code"] == "cross_origin"
+    assert own.status_code == 202 and named.status_code == 200
+
+
 def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(tmp_path):
     with running(ScriptedModel(context_window=512), tmp_path, max_request_bytes=10_000) as (base, _):
         declared = httpx.post(f"{base}/v1/chat/completions", json=chat_body())

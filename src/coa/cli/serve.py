@@ -14,6 +14,8 @@ from coa.config import Config
 from coa.errors import InputError
 from coa.extras import require
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
 
 def default_store() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -26,6 +28,9 @@ def default_store() -> Path:
 @click.option("--api-key", "api_keys", multiple=True, envvar="COA_API_KEY",
               help="A key clients must send as `Authorization: Bearer KEY` (repeatable) [env: COA_API_KEY].")
 @click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), help="A file of keys, one per line.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="A host name requests may name (repeatable). A loopback server answers only to loopback names "
+                   "and these; another answers to any name unless this is given.")
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite file of uploaded documents and job runs [default: $XDG_DATA_HOME/chainofagents/serve.sqlite].")
 @click.option("--max-request-bytes", type=click.IntRange(min=1), default=16 * 2**20, show_default=True,
@@ -39,7 +44,8 @@ def default_store() -> Path:
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @lambda command: model_options(command, key_option="--backend-api-key")
-def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | None, store: Path | None,
+def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | None, allowed_hosts: tuple[str, ...],
+          store: Path | None,
           max_request_bytes: int, max_concurrent: int, concurrency: int, prompts_dir: Path | None, seed: int | None,
           log_level: str, model: str, base_url: str | None, api_key: str | None, window: int, max_cu_tokens: int | None,
           temperature: float, timeout: float) -> None:
@@ -57,8 +63,11 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir)
     listener = bind(host, port)
+    # A loopback server answers only to loopback names: a web page whose name an attacker rebinds to
+    # 127.0.0.1 cannot reach it.
+    names = [*LOOPBACK_NAMES, *allowed_hosts] if is_loopback(host) else list(allowed_hosts) or None
     app = create_app(backend, config, store or default_store(), api_keys=keys, max_request_bytes=max_request_bytes,
-                     max_concurrent=max_concurrent)
+                     max_concurrent=max_concurrent, allowed_hosts=names)
     where = f"http://{host if ':' not in host else f'[{host}]'}:{listener.getsockname()[1]}"
     access = f"{len(keys)} API key(s)" if keys else "no API key: open to anyone who can reach it"
     stderr.print(f"coa serve: {where} (model {model}, window {window}; {access})", markup=False, highlight=False)

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -42,7 +43,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pro
 
 
 def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str] | tuple[str, ...] = (),
-               max_request_bytes: int = 16 * 2**20, max_concurrent: int = 4) -> FastAPI:
+               max_request_bytes: int = 16 * 2**20, max_concurrent: int = 4,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The app; `allowed_hosts`: the host names requests may name (None: any)."""
     served = ServeStore(store)
     runner = Runner(model, config, served, max_concurrent)
     started = int(time.time())
@@ -56,7 +59,7 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
     app = FastAPI(title="coa serve", version="1", lifespan=lifespan,
                   description="Long-context answers from a short-window model: see docs/serve.md.")
     app.state.runner = runner  # for a look at the runs in flight
-    app.add_middleware(Guard, keys=list(api_keys), max_bytes=max_request_bytes)
+    app.add_middleware(Guard, keys=list(api_keys), max_bytes=max_request_bytes, hosts=allowed_hosts)
     handle_errors(app)
     describe_errors(app)
 
@@ -449,31 +452,30 @@ def validation_error(errors: Any) -> ApiError:
 
 
 class Guard:
-    """ASGI middleware in front of everything: the API key on /v1 paths (the page, its files and
-    /health are public), and the body size limit, checked before any route reads the body."""
+    """ASGI middleware in front of everything: the Host a request names (on a loopback server,
+    loopback names only: a web page whose name was rebound to 127.0.0.1 reaches nothing), the
+    Origin of a browser's request (this page's own, or none: another site's page cannot post runs
+    with the user's browser), the API key on /v1 paths (the page, its files and /health are
+    public), and the body size limit, checked before any route reads the body."""
 
-    def __init__(self, app: Any, keys: list[str], max_bytes: int) -> None:
+    def __init__(self, app: Any, keys: list[str], max_bytes: int, hosts: list[str] | None) -> None:
         self.app = app
         self.keys = [key.encode() for key in keys]
         self.max_bytes = max_bytes
+        self.hosts = {host.lower().strip("[]") for host in hosts} if hosts is not None else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {name.decode("latin-1").lower(): value for name, value in scope["headers"]}
-        owner = ""
-        if self.keys and scope["path"].startswith("/v1"):
-            scheme, _, given = headers.get("authorization", b"").partition(b" ")
-            key = next((k for k in self.keys if scheme.lower() == b"bearer" and hmac.compare_digest(k, given.strip())), None)
-            if key is None:
-                error = ApiError(401, "a valid API key is needed: send it as `Authorization: Bearer KEY`",
-                                 "authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-                return await JSONResponse(error.body(), 401, headers=error.headers)(scope, receive, send)
-            owner = hashlib.sha256(key).hexdigest()[:16]  # runs and files belong to a key, which is never stored
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        try:
+            owner = self.admit(scope["path"], headers)
+        except ApiError as refused:
+            return await JSONResponse(refused.body(), refused.status, headers=refused.headers)(scope, receive, send)
         scope.setdefault("state", {})["owner"] = owner
         too_large = ApiError(413, f"the request body is over the server's limit of {self.max_bytes:,} bytes "
                                   "(--max-request-bytes)", code="request_too_large")
-        declared = headers.get("content-length", b"")
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await JSONResponse(too_large.body(), 413, headers={"Connection": "close"})(scope, receive, send)
         body, more = bytearray(), True
@@ -495,3 +497,22 @@ class Guard:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    def admit(self, path: str, headers: dict[str, str]) -> str:
+        """The request's owner (a digest of its key; "" where the API is open), or the refusal."""
+        host = urlsplit(f"//{headers.get('host', '')}").hostname or ""
+        if self.hosts is not None and host.lower() not in self.hosts:
+            raise ApiError(403, f"this server does not answer for the host {host!r} (--allowed-host)",
+                           "permission_error", code="host_not_allowed")
+        origin = headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
+            raise ApiError(403, "requests from another site's pages are refused", "permission_error",
+                           code="cross_origin")
+        if not self.keys or not path.startswith("/v1"):
+            return ""
+        scheme, _, given = headers.get("authorization", "").encode("latin-1").partition(b" ")
+        key = next((k for k in self.keys if scheme.lower() == b"bearer" and hmac.compare_digest(k, given.strip())), None)
+        if key is None:
+            raise ApiError(401, "a valid API key is needed: send it as `Authorization: Bearer KEY`",
+                           "authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        return hashlib.sha256(key).hexdigest()[:16]  # runs and files belong to a key, which is never stored
