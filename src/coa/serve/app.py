@@ -95,8 +95,8 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
                               "(POST /v1/files) and give its id as coa.document", "messages")
         task = checked(lambda: make_task(document, question, settings.task, settings.choices))
         run_config = runner.config_for(settings.window, max_calls=settings.max_calls,
-                                   max_total_tokens=settings.max_total_tokens, temperature=body.temperature,
-                                   seed=body.seed)
+                                       max_total_tokens=settings.max_total_tokens, temperature=body.temperature,
+                                       seed=body.seed)
         run = runner.start(owner, strategy, options, task, run_config, stored=False)
         completion = Completion(run, body.model, settings.trace)
         if body.stream:
