@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ class Run:
     failure: ApiError | None = None  # why it did not succeed, as the API reports it
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     job: asyncio.Task | None = None
+    stop: threading.Event = field(default_factory=threading.Event)  # set: no further call of this run begins
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -127,7 +129,9 @@ class Runner:
         self.live[run.id] = run
         loop = asyncio.get_running_loop()
 
-        def observe(event: Progress) -> None:  # called in the run's thread
+        def observe(event: Progress) -> None:  # called in the run's thread, as each call begins and ends
+            if run.stop.is_set() and event.call is None:  # a call about to begin: a stopped run makes none
+                raise asyncio.CancelledError
             loop.call_soon_threadsafe(self._observe, run, event)
 
         solver = strategy(self.model, config, options=options, observer=observe)
@@ -140,6 +144,7 @@ class Runner:
 
     def cancel(self, run: Run) -> None:
         if run.job is not None and not run.finished:
+            run.stop.set()
             run.job.cancel()
 
     async def _execute(self, run: Run, solver: Strategy) -> None:
@@ -157,7 +162,10 @@ class Runner:
             run.result, run.answer = result, result.answer
             self._finish(run, "succeeded")
         except asyncio.CancelledError:
-            for loop, task in inner:  # no call begins after this; one in flight ends in its thread, unread
+            # No call begins after this (the observer refuses to start one), and the run's own task is
+            # cancelled where it waits; a call in flight ends in its thread, unread.
+            run.stop.set()
+            for loop, task in inner:
                 loop.call_soon_threadsafe(task.cancel)
             if self.stopping:  # cut off by the server's stop, not by its client
                 self._fail(run, interrupted())

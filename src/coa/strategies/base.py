@@ -34,6 +34,8 @@ class Progress:
     call: Call | None = None
 
 
+# Hears each call begin and end. What it raises as a call begins stops the run before that call
+# is sent (the server stops a cancelled run so).
 Observer = Callable[[Progress], None]
 
 
