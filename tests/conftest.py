@@ -134,3 +134,15 @@ def server_process(command: list[str], ready_url: str, log_dir: Path, *, name: s
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def sse_events(text: str) -> list[dict[str, str]]:
+    """The events of a server-sent event stream, as {field: value}; comments left out. Lines end at
+    "\n" alone, not wherever str.splitlines() would end them: the JSON of an event holds U+0085,
+    U+2028 and U+2029 as they are, and SSE ends lines only at CR and LF."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
+        if fields:
+            events.append(fields)
+    return events

@@ -19,7 +19,7 @@ import pytest
 from coa.config import Config
 from coa.errors import ModelError, UnreachableError
 from coa.models.scripted import ScriptedModel
-from conftest import EXAMPLE_PLAY, JsonHandler, free_port, run_cli, serve, server_process
+from conftest import EXAMPLE_PLAY, JsonHandler, free_port, run_cli, serve, server_process, sse_events
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
@@ -72,22 +72,6 @@ def blocking_model(release: threading.Event, started: threading.Event | None = N
         release.wait(10)
         return "a note"
     return ScriptedModel(reply=reply, context_window=512)
-
-
-def sse(text: str) -> list[dict]:
-    """The events of a server-sent event stream: {"event", "data", "id"} each; comments as {"comment"}."""
-    events, current = [], {}
-    for line in text.split("\n"):
-        if not line:
-            if current:
-                events.append(current)
-            current = {}
-        elif line.startswith(":"):
-            events.append({"comment": line[1:].strip()})
-        else:
-            field, _, value = line.partition(":")
-            current[field] = value.removeprefix(" ")
-    return events
 
 
 # -- chat completions -------------------------------------------------------------------------------------
@@ -183,7 +167,7 @@ def test_a_backend_failure_is_502_or_503_with_its_message(tmp_path, error, statu
     assert failed.value.status_code == status
     assert failed.value.body == {"message": str(error), "type": kind, "param": None, "code": None}
     # Once a stream has begun its status is sent: the error comes as an event before [DONE], as vLLM sends it.
-    events = [e["data"] for e in sse(streamed.text) if "data" in e]
+    events = [e["data"] for e in sse_events(streamed.text) if "data" in e]
     assert json.loads(events[-2])["error"]["type"] == kind and events[-1] == "[DONE]"
 
 
@@ -340,8 +324,8 @@ def test_a_job_run_streams_its_calls_and_keeps_its_trace(tmp_path):
     with running(copying, tmp_path) as (base, _):
         created = httpx.post(f"{base}/v1/runs", json={"document": DOCUMENT, "question": QUESTION})
         run_id = created.json()["id"]
-        events = sse(httpx.get(f"{base}/v1/runs/{run_id}/events", timeout=30).text)
-        resumed = sse(httpx.get(f"{base}/v1/runs/{run_id}/events", headers={"Last-Event-ID": "3"}, timeout=30).text)
+        events = sse_events(httpx.get(f"{base}/v1/runs/{run_id}/events", timeout=30).text)
+        resumed = sse_events(httpx.get(f"{base}/v1/runs/{run_id}/events", headers={"Last-Event-ID": "3"}, timeout=30).text)
         run = httpx.get(f"{base}/v1/runs/{run_id}").json()
         listed = httpx.get(f"{base}/v1/runs").json()["data"]
         deleted = httpx.delete(f"{base}/v1/runs/{run_id}").json()
@@ -428,7 +412,7 @@ def test_a_run_cut_off_by_a_server_kill_reads_as_failed_after_a_restart(tmp_path
         command[command.index("--port") + 1] = str(port)
         with server_process(command, f"http://127.0.0.1:{port}/health", tmp_path, name="coa serve", timeout=60):
             run = httpx.get(f"http://127.0.0.1:{port}/v1/runs/{run_id}").json()
-            events = sse(httpx.get(f"http://127.0.0.1:{port}/v1/runs/{run_id}/events").text)
+            events = sse_events(httpx.get(f"http://127.0.0.1:{port}/v1/runs/{run_id}/events").text)
     assert run["status"] == "failed" and run["error"]["code"] == "interrupted"
     assert events and events[0]["event"] == "status"  # what happened before the kill is still there
     assert "backend-secret-key" not in store.read_bytes().decode("utf-8", "replace")

@@ -37,6 +37,7 @@ from coa.config import Config  # noqa: E402
 from coa.models.scripted import ScriptedModel  # noqa: E402
 from coa.serve.app import create_app  # noqa: E402
 from coa.strategies.base import STRATEGIES, get_strategy  # noqa: E402
+from conftest import sse_events  # noqa: E402
 
 WINDOW = 512
 KEYS = ("sk-fuzz-one", "sk-fuzz-two")
@@ -323,18 +324,6 @@ async def exchange(app: Any, method: str, path: str, **kwargs: Any) -> Any:
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver",
                                  timeout=60) as client:
         return await client.request(method, path, **kwargs)
-
-
-def sse_events(text: str) -> list[dict[str, str]]:
-    """The events of a server-sent event stream, as {field: value}; comments left out. Lines end at
-    "\n" alone, not wherever str.splitlines() would end them: the JSON of an event holds U+0085,
-    U+2028 and U+2029 as they are, and SSE ends lines only at CR and LF."""
-    events = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
-        if fields:
-            events.append(fields)
-    return events
 
 
 def check_failure(response: Any) -> None:

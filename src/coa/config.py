@@ -17,8 +17,10 @@ class Config:
     seed: int | None = None
     prompts_dir: Path | None = None  # searched for prompt files before the package's own
     concurrency: int = 4  # model calls in flight at once, for strategies whose calls are independent
-    max_calls: int | None = None  # a run that would make more model calls stops with LimitError
-    max_total_tokens: int | None = None  # ... or one whose prompt + generation limit would pass this total
+    # Limits of a run, checked before each call: past them a run stops with LimitError, or, where the
+    # strategy keeps room for it (coa's manager), answers from what it has read.
+    max_calls: int | None = None
+    max_total_tokens: int | None = None  # prompt + generation limit of every call begun
 
     def cu_limit(self, window: int) -> int:
         # The paper's 1024-token CU fits an 8k window; smaller windows get a proportional one.

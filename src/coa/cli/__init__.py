@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import signal
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
 
 from coa.config import DEFAULT_WINDOW
-from coa.errors import CoaError
+from coa.errors import CoaError, InputError
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -35,6 +36,18 @@ def model_options(command, *, key_option: str = "--api-key"):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def prompts_dir_option(command):
+    """--prompts-dir, refused in one line when it names no directory."""
+    return click.option("--prompts-dir", type=click.Path(file_okay=False, path_type=Path), callback=_directory,
+                        help="Directory of prompt files overriding the packaged ones.")(command)
+
+
+def _directory(ctx, param, value: Path | None) -> Path | None:
+    if value is not None and not value.is_dir():
+        raise InputError(f"{param.opts[0]} {value}: no such directory")
+    return value
 
 
 def _finite(ctx, param, value: float) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from coa.cli import Interrupts, cli, fail, model_options, stderr
+from coa.cli import Interrupts, cli, fail, model_options, prompts_dir_option, stderr
 from coa.config import Config
 from coa.documents import read_document
 from coa.errors import CoaError, InputError
@@ -29,7 +29,7 @@ def run_options(command):
         click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Independent model calls in flight at once."),
         click.option("--max-calls", type=click.IntRange(min=1), help="Make at most this many model calls (coa answers from what it read by then)."),
         click.option("--max-total-tokens", type=click.IntRange(min=1), help="Spend at most this many prompt + completion tokens (likewise)."),
-        click.option("--prompts-dir", type=click.Path(file_okay=False, path_type=Path), help="Directory of prompt files overriding the packaged ones."),
+        prompts_dir_option,
         click.option("--json", "as_json", is_flag=True, help="Print the answer and the full trace as one JSON object."),
         click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Also write the trace as JSON to this file."),
         click.option("--verbose", "-v", is_flag=True, help="Print every worker's output as the chain runs."),
@@ -89,8 +89,6 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
 
     if trace is not None:
         check_writable(trace, "--trace")
-    if prompts_dir is not None and not prompts_dir.is_dir():
-        raise InputError(f"--prompts-dir {prompts_dir}: no such directory")
     solver = get_strategy(strategy)
     options = parse_options(solver, parse_pairs(opts))  # checked before any work
     document = read_document(file)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from coa.cli import cli, model_options, stderr
+from coa.cli import cli, model_options, prompts_dir_option, stderr
 from coa.config import Config
 from coa.errors import InputError
 from coa.extras import require
@@ -39,7 +39,7 @@ def default_store() -> Path:
               help="Runs in flight per key; more are refused with 429.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="Independent model calls in flight at once within a run.")
-@click.option("--prompts-dir", type=click.Path(file_okay=False, path_type=Path), help="Directory of prompt files overriding the packaged ones.")
+@prompts_dir_option
 @click.option("--seed", type=int, help="Sampling seed (a request's `seed` replaces it).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
@@ -57,8 +57,6 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
     from coa.serve.app import create_app
 
     keys = [*api_keys, *read_keys(api_key_file)]
-    if prompts_dir is not None and not prompts_dir.is_dir():
-        raise InputError(f"--prompts-dir {prompts_dir}: no such directory")
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir)

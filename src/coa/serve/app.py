@@ -114,9 +114,7 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
     @app.post("/v1/files")
     async def upload_file(request: Request, file: Annotated[UploadFile | str, File()],
                           purpose: Annotated[str, Form()] = "coa") -> dict[str, Any]:
-        # A part without a file name arrives as text: it is the document all the same.
-        text = await read_upload(file) if not isinstance(file, str) else checked(
-            lambda: decode_document(file.encode(), "file").text, "file")
+        text = await read_upload(file)
         filename = file.filename if not isinstance(file, str) else ""
         record = {"id": f"file-{secrets.token_hex(12)}", "owner": request.state.owner, "filename": filename or "",
                   "purpose": purpose, "bytes": len(text.encode()), "created_at": int(time.time())}
@@ -375,10 +373,14 @@ def uploaded(served: ServeStore, owner: str, file_id: str, param: str) -> str:
     return text
 
 
-async def read_upload(upload: FormFile) -> str:
-    """An uploaded file's text, checked as `coa ask` checks a file."""
-    data = await upload.read()
-    return checked(lambda: decode_document(data, upload.filename or "the upload").text, "file")
+async def read_upload(upload: FormFile | str) -> str:
+    """An uploaded file's text, checked as `coa ask` checks a file. A part without a file name
+    arrives as text: it is the document all the same."""
+    if isinstance(upload, str):
+        data, name = upload.encode(), "file"
+    else:
+        data, name = await upload.read(), upload.filename or "the upload"
+    return checked(lambda: decode_document(data, name).text, "file")
 
 
 def raise_(error: Exception) -> Any:

@@ -60,7 +60,7 @@ class Chain:
     unchanged: int = 0  # workers in a row that left an answer-bearing CU as it was
     stopped: bool = False  # early exit
     saved: int = 0  # worker calls early exit saved
-    limited: str | None = None  # why reading stopped at the run's limits (the manager answers from what was read)
+    limited: bool = False  # reading stopped at the run's limits (the manager answers from what was read)
 
 
 @register
@@ -90,7 +90,7 @@ class ChainOfAgents(Strategy):
                 "grounding": grounding_for(options, task),
                 "skipped_chunks": chain.skipped,
                 "early_exit_saved": chain.saved,
-                "stopped_at_limit": chain.limited is not None,
+                "stopped_at_limit": chain.limited,
             }))
         return outcomes
 
@@ -216,7 +216,7 @@ async def run_chains(
                 except LimitError as e:
                     if not spans or not options.manager:  # nothing read yet, or no manager to answer
                         raise
-                    chain.limited = str(e)
+                    chain.limited = True
                     s.warnings.append(f"{e}: the answer is from the first {len(spans)} of {total} chunks")
                     continue
                 cu = call.cu or ""
