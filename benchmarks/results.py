@@ -1,16 +1,15 @@
-"""Reproduce benchmarks/RESULTS.md: the embedded model at window 2048 on six datasets.
+"""Reproduce benchmarks/RESULTS.md: the reader model at window 1024 on documents about four times longer.
 
-    .venv/bin/python benchmarks/results.py [--runs runs/results] [--phases core,options,peers] [--tables-only]
+    .venv/bin/python benchmarks/results.py [--runs benchmarks/results] [--phases core,peers] [--only SET,...] [--tables-only]
 
-Each dataset runs with `coa eval` into its own directory under --runs, resumably: an
-interrupted reproduction continues where it stopped, and later phases add strategies to the
-same runs. Phases: `core` (the baselines, the paper's CoA and the query-aware CoA on the
-question sets), `options` (CoA's reading options and the collapse guard), `peers` (recitation,
-ReadAgent, MemAgent), `long` (the core strategies on QMSum), `others` (merge, hierarchical,
-mapreduce and coa-multipath on niah; not in the default phases, for time). The tables in RESULTS.md (between the markers) are then rewritten from
-the stored results, with a summary of the best CoA against the baselines and how often a
-right needle answer is backed by a citation; the text around them is kept. Expect about two
-hours on two CPU cores.
+Each set runs with `coa eval` into its own store under --runs (benchmarks/results/SET/results.sqlite,
+committed as each set finishes), resumably: an interrupted reproduction continues where it stopped,
+and later phases add strategies to the same runs. The rows: vanilla (the document truncated to the
+window), full context (vanilla with a window that holds the whole document: the long-window anchor),
+rag, the paper's CoA (`coa:cu=paper`) and the default CoA (`coa`: the evidence CU); phase `peers`
+adds recite. The tables in RESULTS.md (between the markers) are then rewritten from the stored
+results; the text around them is kept. Sets run in the order below, most telling first. Expect
+about ten hours on two CPU cores for the core phase.
 """
 
 from __future__ import annotations
@@ -31,33 +30,31 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 PLOTS = HERE / "results"
 BEGIN, END = "<!-- tables: written by benchmarks/results.py -->", "<!-- /tables -->"
-WINDOW = 2048
-PAPER = "coa:order=ltr:skip=0"  # the paper's CoA: every chunk, left to right
-QUERY_AWARE = "coa:skip=0.5"  # only the chunks that match the question at least half as well as the best
-BASELINES = ["vanilla", "rag"]
-CORE = [*BASELINES, PAPER, QUERY_AWARE]
-OPTIONS = ["coa:order=relevance:skip=0", "coa:order=ltr:skip=0:early_exit=2", "coa:order=ltr:skip=0:guard=false",
-           "coa:skip=0.5:cite=true"]
-PEERS = ["recite", "readagent", "memagent"]
-OTHERS = ["merge", "hierarchical", "mapreduce", "coa-multipath"]  # the other strategies of the package
-NEEDLES = ["4000,8000", "0,0.25,0.5,0.75,1"]
+MODEL = "reader"
+WINDOW = 1024
+PAPER = "coa:cu=paper"  # the paper's CoA: every worker rewrites the CU, no guard, no grounding
+DEFAULT = "coa"  # the default: the evidence CU
 
-RUNS = {  # dataset: (run directory, dataset options, examples, strategies by phase)
-    "niah": ("niah", [f"lengths={NEEDLES[0]}", f"depths={NEEDLES[1]}"], None,
-             {"core": CORE, "options": OPTIONS, "peers": PEERS, "others": OTHERS}),
-    "niah-multikey": ("niah-multikey", [f"lengths={NEEDLES[0]}", f"depths={NEEDLES[1]}", "variant=multikey"], None,
-                      {"core": CORE}),
-    "multihop": ("multihop", ["lengths=4000,8000"], None,
-                 {"core": CORE, "options": OPTIONS[:1], "peers": ["recite", "memagent"]}),
-    "hotpotqa": ("hotpotqa", ["length=6000"], 10, {"core": CORE, "peers": PEERS[:1]}),
-    "leval:quality": ("leval-quality", [], 10, {"core": CORE, "peers": PEERS[:1]}),
-    "qmsum": ("qmsum", ["queries=specific"], 4, {"long": CORE}),  # 12k tokens, 1,024-token summaries: slow
+
+def core(full_window: int) -> list[str]:
+    return ["vanilla", f"vanilla:window={full_window}", "rag", PAPER, DEFAULT]
+
+
+RUNS = {  # set: (dataset, dataset options, examples, strategies by phase)
+    "multihop": ("multihop", ["lengths=4000", "count=20"], None, {"core": core(8192), "peers": ["recite"]}),
+    "niah": ("niah", ["lengths=4000", "depths=0,0.25,0.5,0.75,1", "per_cell=4"], None,
+             {"core": core(8192), "peers": ["recite"]}),
+    "hotpotqa": ("hotpotqa", ["length=4000"], 20, {"core": core(8192), "peers": ["recite"]}),
+    "niah-multikey": ("niah", ["lengths=4000", "depths=0,0.25,0.5,0.75,1", "per_cell=4", "variant=multikey"], None,
+                      {"core": core(8192)}),
+    "leval-quality": ("leval:quality", [], 10, {"core": core(16384)}),
+    "qmsum": ("qmsum", ["queries=specific", "max_tokens=8000"], 10, {"core": core(16384)}),
 }
 
 
 def command(dataset: str, options: list[str], limit: int | None, strategies: list[str], out: Path) -> list[str]:
-    args = ["coa", "eval", "--dataset", dataset.split("-")[0], "--strategies", ",".join(strategies), "--model",
-            "embedded", "--window", str(WINDOW), "--seed", "0", "--out", str(out)]
+    args = ["coa", "eval", "--dataset", dataset, "--strategies", ",".join(strategies), "--model",
+            MODEL, "--window", str(WINDOW), "--seed", "0", "--out", str(out)]
     args += [a for option in options for a in ("--opt", option)]
     return args + (["--limit", str(limit)] if limit else []) + (["--resume"] if (out / Store.FILE).exists() else [])
 
@@ -67,9 +64,9 @@ def run(args: argparse.Namespace) -> None:
     # The shared data beside the checkout, unless COA_DATA_DIR names another place.
     data = os.environ.get("COA_DATA_DIR") or str(HERE.parents[1] / "shared" / "data")
     for phase in args.phases.split(","):
-        for dataset, (directory, options, limit, phases) in RUNS.items():
-            if phase in phases:
-                cmd = command(dataset, options, limit, phases[phase], args.runs / directory)
+        for name, (dataset, options, limit, phases) in RUNS.items():
+            if phase in phases and (not args.only or name in args.only.split(",")):
+                cmd = command(dataset, options, limit, phases[phase], args.runs / name)
                 print("$", " ".join(cmd), flush=True)
                 subprocess.run([coa, *cmd[1:]], check=True, env={**os.environ, "COA_DATA_DIR": data})
 
@@ -109,14 +106,14 @@ def cited(store: Store, dataset: str) -> str:
 def tables(args: argparse.Namespace) -> None:
     coa = str(Path(sys.executable).with_name("coa"))
     sections = []
-    for dataset, (directory, options, limit, _phases) in RUNS.items():
+    for directory, (dataset, options, limit, _phases) in RUNS.items():
         out = args.runs / directory
         if not (out / Store.FILE).exists():
             continue
-        store = Store(out)
-        ran = {r["strategy"] for r in store.rows(dataset.split("-")[0])}
+        store = Store(out, read_only=True)
+        ran = {r["strategy"] for r in store.rows(dataset)}
         # In the order they were asked for, over all phases; one stopped before any pair finished is left out.
-        strategies = [s for s in (store.config(dataset.split("-")[0]) or {}).get("strategies", []) if s in ran]
+        strategies = [s for s in (store.config(dataset) or {}).get("strategies", []) if s in ran]
         cmd = command(dataset, options, limit, strategies, out)
         report = subprocess.run([coa, "report", str(out)], check=True, capture_output=True, text=True).stdout
         PLOTS.mkdir(exist_ok=True)
@@ -124,7 +121,7 @@ def tables(args: argparse.Namespace) -> None:
         for png in sorted(out.glob("*-length.png")):
             shutil.copy(png, PLOTS / f"{directory}.png")
             plots.append(f"![{directory}](results/{directory}.png)")
-        notes = "\n\n".join(filter(None, [best_coa(store, dataset.split("-")[0]), cited(store, dataset.split("-")[0])]))
+        notes = "\n\n".join(filter(None, [best_coa(store, dataset), cited(store, dataset)]))
         sections.append(f"Command: `{' '.join(cmd)}` then `coa report {out}`\n\n{report.strip()}\n\n{notes}\n\n"
                         f"{' '.join(plots)}\n")
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
@@ -136,8 +133,9 @@ def tables(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs/results"))
-    parser.add_argument("--phases", default="core,options,peers,long", help="Which strategies to run (comma-separated).")
+    parser.add_argument("--runs", type=Path, default=HERE / "results")
+    parser.add_argument("--phases", default="core", help="Which strategies to run (comma-separated): core, peers.")
+    parser.add_argument("--only", default="", help="Only these sets (comma-separated names of RUNS).")
     parser.add_argument("--tables-only", action="store_true", help="Rewrite the tables from stored results without running.")
     args = parser.parse_args()
     if not args.tables_only:

@@ -6,9 +6,15 @@ silence. Chat replies are a hash of the messages, so every answer is reproducibl
 faulty reply that slips through as an answer changes what comes after it.
 
     with FaultServer() as server:
-        server.script = ["503", "null content"]   # the next chat replies; then good ones
+        server.script.extend(["503", "null content"])  # the next chat replies; then good ones
         server.rate = 0.2                          # or: a seeded share of random faults
+        server.inject(OVERFLOW, nth=3)             # or: a fault on a chosen request
+        server.inject(OVERFLOW, when=containing("too long to show"))  # (CoA's manager prompts)
         model = OpenAIModel("m", base_url=server.base_url)
+
+Most faults (RETRIED) are worth another try, and the client's retry hides them. A context
+overflow (OVERFLOW) is not: it is the server's verdict on the prompt, which the caller must
+shorten, so it may change what comes after it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ class Request:
     headers: dict[str, str]  # names in lower case
     body: Any  # the JSON body, or None
     at: float  # time.monotonic() when it arrived
+    fault: str | None = None  # the fault it was answered with, by name (a chat request's)
+
+    @property
+    def prompt(self) -> str:
+        """A chat request's message texts, one after another."""
+        messages = (self.body or {}).get("messages") or []
+        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
 
 
 # -- replies ----------------------------------------------------------------------------------
@@ -105,9 +118,9 @@ def _head(status: int, length: int, headers: dict[str, str] | None = None) -> by
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-# A faulty chat reply, by name, given the good reply's text. Hangs and trickles are not here:
-# they are failures only a deadline ends, tested on their own.
-FAULTS: dict[str, Callable[[str], Action]] = {
+# A faulty chat reply that a client should retry, by name, given the good reply's text. Hangs and
+# trickles are not here: they are failures only a deadline ends, tested on their own.
+RETRIED: dict[str, Callable[[str], Action]] = {
     "429": lambda text: respond(429, {"error": {"message": "rate limited"}}),
     "500": lambda text: respond(500, {"error": {"message": "internal error"}}),
     "503": lambda text: respond(503, {"error": {"message": "overloaded"}}),
@@ -122,6 +135,28 @@ FAULTS: dict[str, Callable[[str], Action]] = {
     "usage as strings": lambda text: respond(200, completion(text, usage={"prompt_tokens": "12", "completion_tokens": "3"})),
     "finish reason a number": lambda text: respond(200, completion(text, finish_reason=1)),
 }
+
+# The prompt does not fit, as vLLM and OpenAI say it: retrying the same prompt cannot help.
+OVERFLOW = "context overflow"
+OVERFLOW_ERROR = {"error": {
+    "message": "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens "
+               "(2036 in the messages, 64 in the completion). Please reduce the length of the messages or completion.",
+    "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+
+# Every fault by name: the set a seeded rate draws from.
+FAULTS: dict[str, Callable[[str], Action]] = {**RETRIED, OVERFLOW: lambda text: respond(400, OVERFLOW_ERROR)}
+
+
+def containing(marker: str) -> Callable[[Request], bool]:
+    """Chat requests whose prompt contains `marker`; for `FaultServer.inject`."""
+    return lambda request: marker in request.prompt
+
+
+@dataclass
+class _Injection:
+    fault: str | Action
+    when: Callable[[Request], bool]
+    times: int | None  # replies left to fault; None: every match
 
 
 def answer(body: Any) -> str:
@@ -142,6 +177,7 @@ class FaultServer:
         self.rng = random.Random(0)
         self.faults: Counter = Counter()  # faults sent, by name
         self.routes: dict[str, Callable[[Request], Action]] = {}  # path suffix -> reply
+        self._injections: list[_Injection] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -149,6 +185,32 @@ class FaultServer:
     def seed(self, seed: int, rate: float) -> None:
         with self._lock:
             self.rng, self.rate = random.Random(seed), rate
+
+    def inject(self, fault: str | Action, *, nth: int | None = None, when: Callable[[Request], bool] | None = None,
+               times: int | None = 1) -> None:
+        """Answer chosen chat requests with `fault`, ahead of the script and the seeded rate: the `nth`
+        chat request from now (1 is the next), or up to `times` requests (None: all) for which `when`
+        holds."""
+        if (nth is None) == (when is None):
+            raise ValueError("give nth or when")
+        with self._lock:
+            if nth is not None:
+                target = len(self.received()) + nth
+                when = lambda request: len(self.received()) == target  # noqa: E731  (the request is in the list by now)
+            self._injections.append(_Injection(fault, when, times))
+
+    @property
+    def pending(self) -> int:
+        """Injected faults not sent yet (those of `times=None` aside)."""
+        with self._lock:
+            return sum(i.times or 0 for i in self._injections)
+
+    def replay(self, requests: list[Request]) -> None:
+        """Refuse as too long, once each, the prompts among `requests` that met a context overflow: a
+        fault-free run then meets the overflows a faulty one met, and should answer as it did."""
+        for request in requests:
+            if request.fault == OVERFLOW:
+                self.inject(OVERFLOW, when=lambda r, messages=request.body["messages"]: r.body["messages"] == messages)
 
     def received(self, path: str = "/chat/completions") -> list[Request]:
         return [r for r in self.requests if r.path.endswith(path)]
@@ -195,15 +257,27 @@ class FaultServer:
         if not request.path.endswith("/chat/completions"):
             return respond(404, {"detail": "Not Found"})
         text = answer(request.body)
-        step = self.script.popleft() if self.script else None
+        step = self._injected(request)
+        if step is None and self.script:
+            step = self.script.popleft()
         if step is None and self.rate and self.rng.random() < self.rate:
             step = self.rng.choice(sorted(FAULTS))
         if callable(step):
+            request.fault = getattr(step, "__name__", "action")
             return step
         if step in FAULTS:
             self.faults[step] += 1
+            request.fault = step
             return FAULTS[step](text)
         return respond(200, completion(text))
+
+    def _injected(self, request: Request) -> str | Action | None:
+        for injection in self._injections:
+            if injection.times != 0 and injection.when(request):
+                if injection.times is not None:
+                    injection.times -= 1
+                return injection.fault
+        return None
 
 
 def _read_request(conn: socket.socket) -> Request | None:

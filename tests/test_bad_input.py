@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE_PLAY, REPO, JsonHandler, run_cli, serve
+from faultserver import FaultServer, respond
 
 SCRIPTED = ("--model", "scripted", "--window", "400", "--max-cu-tokens", "40")
 EVAL = ("--model", "scripted", "--window", "1024")
@@ -397,6 +398,65 @@ def read_only(directory: Path, *args: str) -> subprocess.CompletedProcess:
     if not shutil.which("unshare") or subprocess.run([*command, "true"], capture_output=True).returncode != 0:
         pytest.skip("running as root without a way to make a directory read-only (unshare --mount failed)")
     return subprocess.run([*command, sys.executable, "-m", "coa", *map(str, args)], capture_output=True, env=ENV, timeout=120)
+
+
+def unsearchable(directory: Path, *args) -> subprocess.CompletedProcess:
+    """`coa *args` for which `directory` may be neither searched nor read (mode 000); for root, whom
+    modes do not stop, run without the capabilities that let it pass them (setpriv)."""
+    command = [sys.executable, "-m", "coa", *map(str, args)]
+    if os.geteuid() == 0:
+        drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+        if not shutil.which("setpriv") or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
+            pytest.skip("running as root, whom file modes do not stop, without setpriv to drop that privilege")
+        command = [*drop, *command]
+    mode = directory.stat().st_mode
+    directory.chmod(0)
+    try:
+        return subprocess.run(command, capture_output=True, env=ENV, timeout=120)
+    finally:
+        directory.chmod(mode)
+
+
+@pytest.mark.parametrize("where", ["t.json", "sub/t.json"], ids=["in-it", "below-it"])
+def test_trace_in_a_directory_that_may_not_be_searched(world, where):
+    locked = world.fresh()
+    (locked / "sub").mkdir(parents=True)
+    trace = locked / where
+    result = unsearchable(locked, "ask", world.story, "Q?", *SCRIPTED, "--trace", trace)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err and result.stdout == b"", err
+    assert err.strip().splitlines() == [f"error: --trace {trace}: cannot write (Permission denied)"], err
+    assert sorted(p.name for p in locked.rglob("*")) == ["sub"]
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["trace", "no-trace"])
+def test_a_failed_run_keeps_its_calls_and_says_where(tmp_path, given):
+    """A run that fails after some calls keeps them (in --trace, else in the temporary directory)
+    and names the file in its one error line, whatever the failure."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    trace = tmp_path / "trace.json"
+    refusal = respond(400, {"error": {"message": "unsupported parameter", "type": "invalid_request_error"}})
+    with FaultServer() as server:
+        server.inject(refusal, when=lambda request: "too long to show" in request.prompt, times=None)  # the manager's
+        result = subprocess.run(
+            [sys.executable, "-m", "coa", "ask", long_story(tmp_path), "What happened?", "--model", "openai:m",
+             "--base-url", server.base_url, "--window", "400", "--max-cu-tokens", "40", *(["--trace", trace] if given else [])],
+            capture_output=True, env={**ENV, "TMPDIR": str(temporary)}, cwd=tmp_path, timeout=300)
+        workers = len(server.received()) - 1
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err and result.stdout == b"", err
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+    partials = list(temporary.glob("coa-partial-*.json"))
+    assert partials == ([] if given else partials[:1]), partials
+    saved = trace if given else partials[0]
+    assert lines[-1].startswith("error: the model server at ") and "answered HTTP 400" in lines[-1], err
+    assert lines[-1].endswith(f"; the {workers} calls made are in {saved}"), err
+    partial = json.loads(saved.read_text())
+    assert "unsupported parameter" in partial["error"] and workers >= 3
+    assert [c["role"] for c in partial["calls"]] == ["worker"] * workers
+    assert not list(tmp_path.glob("coa-partial-*"))  # nothing in the current directory
 
 
 def test_report_on_a_read_only_run_directory(world):

@@ -16,7 +16,7 @@ def document(sentences: int) -> str:
 
 def chain(outputs=(), *, window=400, grounding=False, **options):
     model = ScriptedModel(outputs, context_window=window)
-    options = {"grounding": grounding, "guard": False, **options}
+    options = {"cu": "paper", "grounding": grounding, "guard": False, **options}
     return model, ChainOfAgents(model, Config(window=window, max_cu_tokens=40), options=options)
 
 
@@ -149,14 +149,32 @@ def test_grounding_drops_sentences_the_sources_do_not_contain():
     assert result.settings["grounding"] is True
 
 
-def test_grounding_defaults_on_for_questions_and_off_for_summaries():
-    for kind, query, expected in ((Kind.QA, "Who?", True), (Kind.SUMMARIZE, None, False)):
+def test_paper_cu_is_ungrounded_by_default_and_grounded_when_asked():
+    # The paper's CoA passes the worker's CU on as written; grounding is an option, for questions only.
+    for kind, query, grounding, expected in ((Kind.QA, "Who?", None, False), (Kind.SUMMARIZE, None, None, False),
+                                             (Kind.QA, "Who?", True, True), (Kind.SUMMARIZE, None, True, False)):
         model = ScriptedModel(["Not in the text at all."] * 40, context_window=400)
-        result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"guard": False}).run(
+        options = {"cu": "paper", "guard": False, "grounding": grounding}
+        result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options=options).run(
             Task(document(30), query, kind)
         )
+        assert result.settings["cu"] == "paper"
         assert result.settings["grounding"] is expected
-        assert (result.workers[0].cu == "") is expected
+        assert result.workers[0].cu == ("" if expected else "Not in the text at all.")
+
+
+def test_the_evidence_cu_is_the_default_for_questions_and_the_paper_cu_for_the_rest():
+    model = ScriptedModel(["Not in the text at all."] * 40, context_window=400)
+    result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40)).run(Task(document(30), "Who?"))
+    assert result.settings["cu"] == "evidence"
+    assert all(c.cu == "" for c in result.workers)  # an invented line never joins the evidence CU
+    assert "(no evidence was found)" in user_text(model.prompts[-1])
+    for task in (Task(document(30), None, Kind.SUMMARIZE), Task("x = 1\n" * 80, kind=Kind.CODE)):
+        model = ScriptedModel(["Not in the text at all."] * 40, context_window=400)
+        result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40)).run(task)
+        assert result.settings["cu"] == "paper", task.kind
+        assert result.workers[0].cu == "Not in the text at all."
+        assert model.prompts[0][0]["content"] == load_prompt("coa", "worker", task.kind).system.strip()
 
 
 def test_a_window_too_small_is_a_clear_error():
@@ -280,11 +298,16 @@ class PrefillingModel(ScriptedModel):
         return count_prompt(self, messages)
 
 
-@pytest.mark.parametrize("kind", [Kind.QA, Kind.SUMMARIZE])
-def test_prefetch_caches_the_next_workers_prompt_up_to_its_cu(kind):
+@pytest.mark.parametrize(("kind", "cu"), [
+    (Kind.QA, "paper"),
+    (Kind.SUMMARIZE, "evidence"),  # no question: the paper CU whatever cu says
+    pytest.param(Kind.QA, "evidence"),
+])
+def test_prefetch_caches_the_next_workers_prompt_up_to_its_cu(kind, cu):
     model = PrefillingModel(reply=echo_reply, context_window=400)
     task = Task(document(60), "What happened in event 7?" if kind is Kind.QA else None, kind)
-    result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"prefetch": True}).run(task)
+    options = {"prefetch": True, "cu": cu}
+    result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options=options).run(task)
     workers = [m for m in model.prompts if m is not model.prompts[-1]]
     assert len(model.prefilled) == len(workers) - 1 >= 2  # every worker but the first
     for k, (asked_after, prefix) in enumerate(model.prefilled):
@@ -297,7 +320,8 @@ def test_prefetch_caches_the_next_workers_prompt_up_to_its_cu(kind):
     prefetches = [c for c in result.calls if c.role == "prefetch"]
     assert len(prefetches) == len(model.prefilled) and all(c.completion_tokens == 0 for c in prefetches)
     # The same answer and workers as without prefetch.
-    plain = ChainOfAgents(ScriptedModel(reply=echo_reply, context_window=400), Config(window=400, max_cu_tokens=40)).run(task)
+    plain = ChainOfAgents(ScriptedModel(reply=echo_reply, context_window=400), Config(window=400, max_cu_tokens=40),
+                          options={"cu": cu}).run(task)
     assert plain.answer == result.answer and [c.messages for c in plain.workers] == [c.messages for c in result.workers]
 
 
@@ -352,26 +376,30 @@ def test_early_exit_stops_once_an_answer_bearing_cu_stays_the_same():
     assert result.settings["early_exit_saved"] == 0 and len(result.workers) > 3
 
 
-def test_citations_give_each_quote_its_place_in_the_document():
+@pytest.mark.parametrize("cu", ["evidence", "paper"])
+def test_citations_give_each_quote_its_place_in_the_document(cu):
     text = document(80)
     quote = "Sentence number 62 tells of event 62 in the story."
     # Worker 1 restates the question (no place); a later worker quotes sentence 62, and the next ones keep it.
-    model = ScriptedModel(context_window=400, reply=lambda m: quote if "event 62 in" in user_text(m) else "(none)")
-    coa = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"guard": False, "grounding": True})
+    model = ScriptedModel(context_window=400, reply=lambda m: quote if "event 62 in" in user_text(m).split(
+        "Question:")[0] else "(none)")
+    coa = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"cu": cu, "guard": False, "grounding": True})
     result = coa.run(Task(text, "What happened in event 62?"))
     [citation] = result.citations
-    assert text[citation.start : citation.end] == quote and citation.text == quote
+    assert text[citation.start : citation.end] == quote and citation.text == quote and citation.line == quote
     assert citation.worker == chunk_of(model, 62)
     data = json.loads(result.to_json())
-    assert data["citations"] == [{"text": quote, "start": citation.start, "end": citation.end, "worker": citation.worker}]
+    assert data["citations"] == [{"text": quote, "start": citation.start, "end": citation.end, "worker": citation.worker,
+                                  "line": quote}]
     assert "[chars" not in user_text(model.prompts[-1])
+    assert quote in user_text(model.prompts[-1])  # the manager read it
 
 
 def test_cite_shows_the_manager_each_quote_with_its_place():
     text = document(40)
     quote = "Sentence number 5 tells of event 5 in the story."
     model = ScriptedModel(context_window=400, reply=lambda m: quote)
-    coa = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"grounding": True, "cite": True})
+    coa = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"cu": "paper", "grounding": True, "cite": True})
     result = coa.run(Task(text, "What happened in event 5?"))
     start = text.index(quote)
     assert f"[chars {start}-{start + len(quote)}] {quote}" in user_text(model.prompts[-1])
@@ -384,8 +412,9 @@ def test_a_restatement_is_cited_at_the_sentence_it_rests_on():
     model, coa = chain([restated] * 40, grounding=True)
     result = coa.run(Task(text, "What happened in event 5?"))
     [citation] = result.citations
-    assert citation.text == restated and citation.worker == 0
-    assert text[citation.start : citation.end] == "Sentence number 5 tells of event 5 in the story."
+    assert citation.line == restated and citation.worker == 0  # the CU line as written
+    # ...and the citation is the document's sentence it rests on, in the document's words
+    assert citation.text == text[citation.start : citation.end] == "Sentence number 5 tells of event 5 in the story."
     model, coa = chain(["Event 5 happened."] * 40, grounding=True)  # adds nothing to the question: no place
     assert coa.run(Task(text, "What happened in event 5?")).citations == []
 

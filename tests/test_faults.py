@@ -3,18 +3,24 @@ malformed replies. Every server is real and listens on 127.0.0.1 (tests/faultser
 
 import base64
 import email.utils
+import itertools
+import json
 import math
+import os
+import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 import coa
-from coa.errors import ConfigError, ModelError
+from coa.errors import ConfigError, ContextOverflowError, ModelError
 from coa.models.openai import MAX_TRIES, RETRY_AFTER_CAP, OpenAIModel, _retry_after
 from coa.models.registry import load_model
 from coa.models.urls import redact
 from conftest import run_cli
-from faultserver import FAULTS, FaultServer, hang, respond, trickle
+from faultserver import OVERFLOW, OVERFLOW_ERROR, RETRIED, FaultServer, containing, hang, respond, trickle
 
 MESSAGES = [{"role": "user", "content": "Say something."}]
 
@@ -25,6 +31,17 @@ def ask(model):
 
 def document(sentences: int) -> str:
     return " ".join(f"Entry {i} records that the tide at harbour {i % 7} rose {i * 3} centimetres." for i in range(sentences))
+
+
+# A summary without a query: each CU is the worker's output as written, so a faulty reply taken for
+# an answer would change every later prompt and the final answer.
+SUMMARY = coa.Task(document(60), None, coa.Kind.SUMMARIZE)
+CHAIN = coa.Config(window=700, max_cu_tokens=40)
+MANAGER = containing("too long to show")  # CoA's manager prompts, and no worker's
+
+
+def chain(model) -> coa.Result:
+    return coa.get_strategy("coa")(model, CHAIN).run(SUMMARY)
 
 
 # -- where requests go -------------------------------------------------------------------------
@@ -112,7 +129,7 @@ def test_retry_after_values():
     assert _retry_after(None) is _retry_after("soon") is _retry_after("nan") is None
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("fault", sorted(RETRIED))
 def test_a_faulty_reply_is_retried_and_the_next_good_one_used(fault):
     with FaultServer() as server:
         server.script.append(fault)
@@ -143,19 +160,136 @@ def test_a_reply_that_stays_malformed_is_one_line_and_exit_code_2(tmp_path):
     assert f"failed {MAX_TRIES} tries; the last: a malformed reply: choices[0].message.content is null" in err
 
 
-def test_twenty_percent_faults_leave_every_answer_unchanged():
-    task = coa.Task(document(60), "What happened at the harbours?", coa.Kind.SUMMARIZE)  # CU = output: nothing hides a fault
-    config = coa.Config(window=700, max_cu_tokens=40)
+@pytest.mark.parametrize("key", [None, "x"], ids=["no key", "one-character key"])
+def test_twenty_percent_faults_leave_every_answer_unchanged(key):
+    """Retried faults change nothing. A context overflow changes what follows it (the chain re-splits,
+    or the manager's CU is shrunk), so a run that met one must answer as a fault-free server that
+    refuses the same prompts makes it answer."""
     with FaultServer() as server:
-        model = OpenAIModel("m", base_url=server.base_url, window=700)
-        clean = coa.get_strategy("coa")(model, config).run(task)
+        model = OpenAIModel("m", base_url=server.base_url, window=700, api_key=key)
+        clean = chain(model)
         assert len(clean.calls) >= 5
-        answers = []
+        answers, expected, overflowed = [], [], 0
         for seed in range(20):
             server.seed(seed, rate=0.2)
-            answers.append(coa.get_strategy("coa")(model, config).run(task).answer)
-    assert answers == [clean.answer] * 20
+            start = len(server.received())
+            answers.append(chain(model).answer)
+            met = server.received()[start:]
+            if any(r.fault == OVERFLOW for r in met):
+                overflowed += 1
+                server.seed(0, rate=0)
+                server.replay(met)
+                expected.append(chain(model).answer)
+                assert server.pending == 0  # the fault-free run sent every prompt that was refused
+            else:
+                expected.append(clean.answer)
+    assert answers == expected
+    assert overflowed >= 1 and expected.count(clean.answer) >= 10
     assert sum(server.faults.values()) >= 20 and len(server.faults) >= 8  # faults of most kinds were met
+
+
+# -- context overflow ------------------------------------------------------------------------
+def test_an_overflow_is_not_retried():
+    with FaultServer() as server:
+        server.inject(OVERFLOW, nth=1)
+        with pytest.raises(ContextOverflowError, match="maximum context length is 2048 tokens"):
+            ask(OpenAIModel("m", base_url=server.base_url))
+        [refused] = server.received()
+    assert refused.fault == OVERFLOW and server.faults == {OVERFLOW: 1}
+
+
+def test_an_overflow_on_a_worker_call_resplits_the_chunks_and_answers():
+    with FaultServer() as server:
+        model = OpenAIModel("m", base_url=server.base_url, window=700)
+        clean = chain(model)
+        start = len(server.received())
+        server.inject(OVERFLOW, nth=2)  # the second worker's
+        result = chain(model)
+        sent = server.received()[start:]
+    assert sent[1].fault == OVERFLOW and clean.workers[1].messages[-1]["content"] in sent[1].prompt
+    assert result.settings["rechunks"] == 1
+    assert result.settings["chunk_tokens"] == int(clean.settings["chunk_tokens"] * 0.75)
+    # The first chunk is kept; the rest of the document is read again, all of it, in smaller chunks.
+    assert result.workers[0].span == clean.workers[0].span and result.workers[0].output == clean.workers[0].output
+    spans = [w.span for w in result.workers]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)) and spans[-1][1] == clean.workers[-1].span[1]
+    assert len(result.workers) > len(clean.workers)
+    assert result.calls[-1].role == "manager" and result.answer.startswith("note ")
+    assert len(sent) == len(result.calls) + 1  # the refused call, and each call of the result once
+
+
+def test_an_overflow_on_the_manager_call_shrinks_its_cu_and_answers():
+    with FaultServer() as server:
+        model = OpenAIModel("m", base_url=server.base_url, window=700)
+        clean = chain(model)
+        start = len(server.received())
+        server.inject(OVERFLOW, when=MANAGER)
+        result = chain(model)
+        sent = server.received()[start:]
+    managers = [r for r in sent if MANAGER(r)]
+    assert [r.fault for r in managers] == [OVERFLOW, None]
+    # No worker's call was lost or made again: only the manager's was.
+    assert [(w.span, w.output) for w in result.workers] == [(w.span, w.output) for w in clean.workers]
+    assert len(sent) == len(clean.calls) + 1
+    assert result.calls[-1].role == "manager" and result.answer.startswith("note ")
+    assert any("too long" in w and "shrunk" in w for w in result.warnings), result.warnings
+
+
+def standalone(key: str, text: str) -> bool:
+    """Whether `key` occurs in `text` as a token of its own, not inside a word."""
+    return re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text) is not None
+
+
+def test_an_overflow_is_recognised_with_a_one_character_key():
+    """A one-letter key must not be scrubbed out of the server's words ("maximum" holds an x), and
+    must still never leave in a message where the server echoes it."""
+    message = OVERFLOW_ERROR["error"]["message"]
+    with FaultServer() as server:
+        model = OpenAIModel("m", base_url=server.base_url, window=700, api_key="x")
+        server.routes["/chat/completions"] = lambda request: respond(
+            400, {"error": {"message": f"{request.headers['authorization']} x: {message}"}})
+        with pytest.raises(ContextOverflowError) as overflow:
+            ask(model)
+        server.routes["/chat/completions"] = lambda request: respond(
+            400, {"error": {"message": f"{request.headers['authorization']} x: bad request"}})
+        with pytest.raises(ModelError) as rejected:
+            ask(model)
+        del server.routes["/chat/completions"]
+        assert server.received()[0].headers["authorization"] == "Bearer x"  # the echo really held the key
+        clean = chain(model)
+        server.inject(OVERFLOW, nth=2)
+        result = chain(model)
+    errors = [str(overflow.value), str(rejected.value)]
+    assert "maximum context length is 2048 tokens" in errors[0] and "HTTP 400" in errors[1]
+    for error in errors:
+        assert "Bearer *** ***:" in error and not standalone("x", error), error
+    assert result.settings["rechunks"] == 1 and result.answer.startswith("note ") and result.answer != clean.answer
+
+
+def test_a_run_that_fails_at_the_manager_keeps_the_workers_calls_and_hides_the_key(tmp_path):
+    """The CLI's one error line names the file that keeps the calls made; a one-character key the
+    server echoes is in neither the line nor the file."""
+    (tmp_path / "doc.txt").write_text(document(60))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    with FaultServer() as server:
+        server.inject(respond(400, {"error": "Bearer x: the key x may not ask for this"}), when=MANAGER, times=None)
+        result = subprocess.run(
+            [sys.executable, "-m", "coa", "summarize", tmp_path / "doc.txt", "--model", "openai:m",
+             "--base-url", server.base_url, "--api-key", "x", "--window", "700", "--max-cu-tokens", "40"],
+            capture_output=True, timeout=300, env={**os.environ, "COLUMNS": "200", "OPENAI_API_KEY": "",
+                                                   "OPENAI_BASE_URL": "", "TMPDIR": str(temporary)})
+        workers = [r for r in server.received() if not MANAGER(r)]
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err and result.stdout == b"", err
+    [saved] = temporary.glob("coa-partial-*.json")
+    last = err.strip().splitlines()[-1]
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [last], err
+    assert "HTTP 400" in last and last.endswith(f"; the {len(workers)} calls made are in {saved}"), err
+    partial = json.loads(saved.read_text())
+    assert [c["role"] for c in partial["calls"]] == ["worker"] * len(workers) and len(workers) >= 3
+    assert "HTTP 400" in partial["error"]
+    assert "Bearer ***: the key *** may not" in last and not standalone("x", last) and not standalone("x", partial["error"]), last
 
 
 # -- the tokenizer ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 `fixtures/prompts/renders.json` holds every packaged prompt rendered by `render_all()`
 with the prompt files as they were before the shared blocks were factored out; the
-prompts must still come out byte for byte the same.
+prompts must still come out byte for byte the same. The evidence CU's prompts
+(coa/evidence-worker.yaml, coa/evidence-manager.yaml) were added to it as first written.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def values(kind: str, first: bool) -> dict:
         "index": 1 if first else 2,
         "total": 3,
         "previous": "" if first else "Macbeth is made Thane of Cawdor.",
+        "evidence": "" if first else "Macbeth is made Thane of Cawdor.\nEnter three Witches.",
         "summary": "Macbeth meets the witches, who hail him as king hereafter.",
         "notes": ["Duncan names Malcolm his heir.", "NONE"],
         "answers": ["Macbeth", "Macbeth and his wife"],
@@ -135,13 +137,17 @@ def test_a_broken_included_block_is_one_config_error(tmp_path, block, message):
     assert "\n" not in str(raised.value)
 
 
-def test_a_missing_include_stops_the_command_with_one_line(tmp_path):
-    write(tmp_path / "prompts" / "coa" / "worker-qa.yaml", 'user: \'{% include "common/mine.j2" %} {{ chunk }}\'\n')
+@pytest.mark.parametrize(("opts", "prompt"), [
+    ((), "coa/evidence-worker.yaml"),  # a question: the evidence CU's worker
+    (("--opt", "cu=paper"), "coa/worker-qa.yaml"),
+])
+def test_a_missing_include_stops_the_command_with_one_line(tmp_path, opts, prompt):
+    write(tmp_path / "prompts" / prompt, 'user: \'{% include "common/mine.j2" %} {{ chunk }}\'\n')
     write(tmp_path / "story.txt", " ".join(f"Sentence {i} tells of event {i}." for i in range(40)))
     done = run_cli("ask", tmp_path / "story.txt", "What happens?", "--model", "scripted", "--window", "400",
-                   "--max-cu-tokens", "40", "--prompts-dir", tmp_path / "prompts")
+                   "--max-cu-tokens", "40", "--prompts-dir", tmp_path / "prompts", *opts)
     assert done.returncode == 2
-    assert done.stderr.decode() == "error: prompt coa/worker-qa.yaml: no prompt file common/mine.j2\n"
+    assert done.stderr.decode() == f"error: prompt {prompt}: no prompt file common/mine.j2\n"
 
 
 def test_tasks_yaml_still_comes_through_the_same_loader(tmp_path):

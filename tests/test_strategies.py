@@ -33,9 +33,9 @@ def numbers_in(text):
     return [int(n) for n in re.findall(r"Sentence number (\d+)", text)]
 
 
-def run(name, task, *, window=600, cu=40, reply=None, outputs=(), concurrency=1, **options):
+def run(name, task, *, window=600, cu_tokens=40, reply=None, outputs=(), concurrency=1, **options):
     model = ScriptedModel(outputs, reply=reply, context_window=window)
-    config = Config(window=window, max_cu_tokens=cu, concurrency=concurrency)
+    config = Config(window=window, max_cu_tokens=cu_tokens, concurrency=concurrency)
     result = get_strategy(name)(model, config, options=options).run(task)
     return model, result
 
@@ -82,7 +82,7 @@ def test_coa_permutation_is_seeded_and_reads_every_chunk_once():
 
 
 def test_coa_without_manager_answers_with_the_last_cu():
-    model, result = run("coa", Task(document(60), "Who?"), manager=False, grounding=False,
+    model, result = run("coa", Task(document(60), "Who?"), cu="paper", manager=False, grounding=False,
                         outputs=[f"cu {i}" for i in range(20)])
     assert [c.role for c in result.calls] == ["worker"] * len(result.calls)
     assert result.answer == f"cu {len(result.calls) - 1}"
@@ -98,13 +98,20 @@ def test_coa_without_manager_answers_with_the_last_cu():
 def test_collapse_guard_keeps_the_useful_cu(refusal):
     outputs = ["Sentence number 2 tells of event 2 in the story.", refusal] + ["Sentence number 2 tells of event 2 in the story."] * 20
     task = Task(document(60), "What happened in event 2?", Kind.SUMMARIZE)
-    model, result = run("coa", task, outputs=outputs)
+    model, result = run("coa", task, outputs=outputs, cu="paper", guard=True)
     second = result.workers[1]
     assert second.output == refusal and second.cu == result.workers[0].cu
     assert "collapse guard" in second.note
     assert refusal not in user(model.prompts[2])
-    model, result = run("coa", task, outputs=outputs, guard=False)
-    assert result.workers[1].cu == refusal and refusal in user(model.prompts[2])
+    for guard in (False, None):  # off, and off by default: the paper's CU passes a refusal on
+        model, result = run("coa", task, outputs=outputs, cu="paper", guard=guard)
+        assert result.workers[1].cu == refusal and refusal in user(model.prompts[2])
+    # The evidence CU needs no guard: a refusal adds nothing, and the evidence found before carries on.
+    model, result = run("coa", task, outputs=outputs)
+    assert result.settings["cu"] == "evidence"
+    second = result.workers[1]
+    assert second.cu == result.workers[0].cu == "Sentence number 2 tells of event 2 in the story."
+    assert second.note == "nothing new" and refusal not in user(model.prompts[2])
 
 
 # -- coa-multipath --------------------------------------------------------------------------------
@@ -119,7 +126,8 @@ def answer_by_path(messages):
 
 
 def test_multipath_bidirectional_runs_two_chains_and_a_judge():
-    model, result = run("coa-multipath", Task(document(60), "Who?"), reply=answer_by_path, grounding=False, guard=False)
+    model, result = run("coa-multipath", Task(document(60), "Who?"), reply=answer_by_path, cu="paper", grounding=False,
+                        guard=False)
     paths = {c.path for c in result.calls if c.role in ("worker", "manager")}
     assert paths == {0, 1}
     last_chunk_start = numbers_in(user([c for c in result.calls if c.path == 0 and c.role == "worker"][-1].messages))[0]
@@ -135,11 +143,44 @@ def test_multipath_bidirectional_runs_two_chains_and_a_judge():
 
 
 def test_multipath_vote_breaks_ties_by_path_order():
-    _, result = run("coa-multipath", Task(document(60), "Who?"), reply=answer_by_path, combine="vote", grounding=False, guard=False)
+    _, result = run("coa-multipath", Task(document(60), "Who?"), reply=answer_by_path, combine="vote", cu="paper",
+                    grounding=False, guard=False)
     assert result.answer == result.settings["answers"][0] != "LAST 0" and not any(c.role == "judge" for c in result.calls)
     _, result = run("coa-multipath", Task(document(60), "Who?"), paths="perm", n=3, combine="vote",
                     reply=lambda m: "Paris." if "Candidate" not in user(m) else "x", grounding=False, guard=False)
     assert result.answer == "Paris." and len(result.settings["answers"]) == 3
+
+
+def test_multipath_with_the_evidence_cu_answers_each_path_from_its_evidence():
+    text = document(60)
+    fact = "Sentence number 3 tells of event 3 in the story."
+
+    def reply(messages):
+        prompt = user(messages)
+        if "Candidate" in prompt:
+            return "judged"
+        if "as the evidence:" in prompt:  # an evidence manager: it answers from what it was shown
+            return "event 3" if fact in prompt else "nothing"
+        return fact if fact in prompt.split("Question:")[0] else "none"
+
+    model, result = run("coa-multipath", Task(text, "What happened in event 3?"), reply=reply)
+    assert {c.path for c in result.calls if c.role == "worker"} == {0, 1}
+    assert all(c.messages[0]["content"] == model.prompts[0][0]["content"] for c in result.calls if c.role == "worker")
+    assert "copy the sentences that help" in user(result.workers[0].messages)  # the evidence worker's prompt
+    managers = [c for c in result.calls if c.role == "manager"]
+    assert len(managers) == 2 and all(c.cu == fact for c in managers)  # both paths carried the fact to their manager
+    assert result.settings["answers"] == ["event 3", "event 3"] and result.answer == "judged"
+
+
+def test_multipath_answers_carry_the_citations_of_their_chains():
+    text = document(60)
+    fact = "Sentence number 3 tells of event 3 in the story."
+    reply = lambda m: "judged" if "Candidate" in user(m) else (  # noqa: E731
+        "sentence number 3" if "as the evidence:" in user(m) else (fact if fact in user(m).split("Question:")[0] else "none"))
+    _, result = run("coa-multipath", Task(text, "What happened in event 3?"), reply=reply, combine="vote")
+    assert result.answer == "sentence number 3"
+    assert {(c.start, c.end) for c in result.citations} == {(text.index(fact), text.index(fact) + len(fact))}
+    assert result.supported is True
 
 
 def test_multipath_sampling_uses_a_temperature_and_a_seed_per_path():
@@ -302,7 +343,10 @@ def test_mapreduce_reads_structured_output():
 def test_options_are_parsed_and_checked():
     coa = get_strategy("coa")
     assert parse_options(coa, parse_pairs(["order=rtl", "manager=false", "grounding=auto"])) == coa.Options(
-        order="rtl", manager=False, guard=True, grounding=None)
+        cu="evidence", order="rtl", manager=False, guard=None, grounding=None)
+    assert parse_options(coa, parse_pairs(["cu=paper", "guard=true"])) == coa.Options(cu="paper", guard=True)
+    with pytest.raises(ConfigError, match="not one of evidence, paper"):
+        parse_options(coa, {"cu": "notes"})
     with pytest.raises(ConfigError, match="no option 'depth'"):
         parse_options(coa, {"depth": "2"})
     with pytest.raises(ConfigError, match="not one of ltr, rtl, perm"):
@@ -340,7 +384,7 @@ def test_the_option_schema_takes_command_line_text_and_python_values_alike():
     ("coa-multipath", {"paths": "all"}, "option paths: 'all' is not one of bidir, perm, sample"),
     ("coa-multipath", {"n": "0", "depth": 1},
      "option n must be 1 to 16, not 0; strategy coa-multipath has no option 'depth' "
-     "(its options: combine, grounding, guard, n, paths, sample_temperature)"),
+     "(its options: combine, cu, grounding, guard, n, paths, sample_temperature)"),
     ("rag", {"chunk_words": "0"}, "option chunk_words must be 1 or more, not 0"),
     ("hierarchical", {"fan_in": "2"}, "strategy hierarchical has no option 'fan_in' (its options: none)"),
 ])

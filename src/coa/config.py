@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_WINDOW = 8192
@@ -21,6 +21,9 @@ class Config:
     # strategy keeps room for it (coa's manager), answers from what it has read.
     max_calls: int | None = None
     max_total_tokens: int | None = None  # prompt + generation limit of every call begun
+    # The key of the embedding server that rag's embed_url names: a setting of the process, never a
+    # strategy option (options are recorded with every result); kept out of repr.
+    embed_api_key: str | None = field(default=None, repr=False)
 
     def cu_limit(self, window: int) -> int:
         # The paper's 1024-token CU fits an 8k window; smaller windows get a proportional one.

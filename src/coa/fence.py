@@ -16,6 +16,12 @@ KEY_CHARS = 6
 # A fence tag as `fence` writes it. Small models sometimes echo the closing tag of the text
 # they were shown at the end of their own output.
 _TAG = re.compile(r"</?[a-z]+-[0-9a-f]{6,64}>")
+# Chat-template markup (ChatML, Llama's, Mistral's): in a model's output it means the model wrote
+# past its turn, so the output ends at the first turn marker; other markup is removed.
+MARKUP = r"<\|[\w.-]+\|>|\[/?INST\]|<</?SYS>>|</?s>"
+_TURN = re.compile(r"<\|(?:im_end|im_start|eot_id|end|endoftext|start_header_id|eom_id)\|>|\[INST\]|</s>")
+_MARKUP = re.compile(MARKUP)
+_OPENING = re.compile(rf"^(?:\s*(?:{MARKUP})\s*(?:assistant|model)?\b)+", re.IGNORECASE)  # a turn opened by the model itself
 
 
 def fence(text: str, name: str = "document") -> str:
@@ -29,5 +35,7 @@ def fence(text: str, name: str = "document") -> str:
 
 
 def unfence(text: str) -> str:
-    """`text` without any fence tags a model copied into it."""
-    return _TAG.sub("", text)
+    """A model's output without the fence tags it copied and without chat markup: cut at the first
+    turn marker, other markup removed. Every answer, CU and note passes through here."""
+    text = _TURN.split(_OPENING.sub("", text), maxsplit=1)[0]
+    return _MARKUP.sub("", _TAG.sub("", text))

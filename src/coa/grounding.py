@@ -18,24 +18,30 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import cache
 
 from bm25s.stopwords import STOPWORDS_EN_PLUS
+from nltk.stem.porter import PorterStemmer
 from rapidfuzz import fuzz
 
 from coa.chunking import sentences
-from coa.task import Citation
+from coa.fence import MARKUP
+from coa.task import Citation, Kind
 
 # partial_ratio of a sentence against its best-matching stretch of a source, 0-100:
-# a copy with changed punctuation or line breaks scores above this, a paraphrase below.
+# a copy with changed punctuation scores above this, a paraphrase below.
 MIN_SIMILARITY = 85
-# A shorter "sentence" ("2.", "Paris.") matches some stretch of any long text, so it must
-# pass the second test instead.
-MIN_COPY_WORDS = 3
+# A near copy (not verbatim) must be at least this long: a short line ("WILLIAM, a King.") is
+# near some stretch of any long text. Shorter lines must be verbatim or pass the second test.
+MIN_COPY_WORDS = 8
+MIN_PLACE_WORDS = 3  # a verbatim line shorter than this ("2.", "Paris.") places nowhere in particular
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
 STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
+_STEMMER = PorterStemmer()
 
 _INSTRUCTION = re.compile(
-    r"""
-    <\|[\w.-]+\|> | \[/?INST\] | <</?SYS>> | </?s> | \#\#\#\s*(?:instruction|response)
+    MARKUP + r"""
+    | \#\#\#\s*(?:instruction|response)
     | \b(?:ignore|disregard|forget|override)\b[^.!?]{0,40}?\b(?:instructions?|prompts?|rules|question|task|above|previous|prior)\b
     | \b(?:new|updated|real|hidden)\s+instructions?\b | \bsystem\s+(?:prompt|message|notice|override)\b
     | \byou\s+(?:must|should|will|are\s+to|have\s+to|need\s+to)\s+(?:now\s+|only\s+|always\s+)?(?:answer|reply|respond|say|output|write|print)\b
@@ -62,14 +68,44 @@ def grounded(output: str, sources: Sequence[str], query: str = "") -> str:
             continue
         text = _normal(sentence)
         added = content_words(text) - asked  # what the sentence says beyond the question
-        copied = len(text.split()) >= MIN_COPY_WORDS and any(fuzz.partial_ratio(text, source) >= MIN_SIMILARITY for source in texts)
+        copied = any(verbatim(sentence, source) is not None for source in sources) or any(
+            near_copy(text, source) for source in texts)
         if copied or (added and any(added <= words for words in about_query)):
             kept.append(sentence.strip())
     return "\n".join(kept)
 
 
+def near_copy(text: str, source: str) -> bool:
+    """A long sentence that a stretch of `source` holds but for punctuation and a few letters, with
+    the same numbers (a changed number is another fact, however similar the words)."""
+    if len(text.split()) < MIN_COPY_WORDS:
+        return False
+    match = fuzz.partial_ratio_alignment(text, source, score_cutoff=MIN_SIMILARITY)
+    return match is not None and numbers(text) <= numbers(source[match.dest_start : match.dest_end])
+
+
+def numbers(text: str) -> set[str]:
+    return set(_NUMBER.findall(text))
+
+
+def verbatim(line: str, source: str) -> tuple[int, int] | None:
+    """Where `source` holds `line` word for word, but for case and whitespace (offsets into `source`)."""
+    words = line.split()
+    if not words:
+        return None
+    pattern = r"\s+".join(re.escape(word) for word in words)
+    match = re.search(pattern, source, re.IGNORECASE)
+    return (match.start(), match.end()) if match else None
+
+
 def content_words(text: str) -> set[str]:
-    return set(re.findall(r"\w+", text.lower())) - STOPWORDS
+    """The words of `text` that carry meaning, stemmed ("gives" and "give" are one word)."""
+    return {_stem(word) for word in re.findall(r"\w+", text.lower()) if word not in STOPWORDS}
+
+
+@cache
+def _stem(word: str) -> str:
+    return _STEMMER.stem(word)
 
 
 def _normal(text: str) -> str:
@@ -77,14 +113,11 @@ def _normal(text: str) -> str:
 
 
 def locate(sentence: str, source: str) -> tuple[int, int] | None:
-    """Where `source` holds `sentence` nearly verbatim, as character offsets into `source`; None for a
-    restatement or a sentence too short to place."""
-    if len(sentence.split()) < MIN_COPY_WORDS or not source:
+    """Where `source` holds `sentence` verbatim (but for case and whitespace), as character offsets
+    into `source`; None for a restatement, a near copy or a sentence too short to place."""
+    if len(sentence.split()) < MIN_PLACE_WORDS or not source:
         return None
-    # Lower case keeps offsets (collapsing whitespace would not): a copy whose line breaks
-    # became spaces still scores above the threshold.
-    match = fuzz.partial_ratio_alignment(sentence.lower(), source.lower(), score_cutoff=MIN_SIMILARITY)
-    return (match.dest_start, match.dest_end) if match else None
+    return verbatim(sentence.strip(), source)
 
 
 def bears_on(text: str, query: str) -> bool:
@@ -98,16 +131,14 @@ def cite(cu: str, chunk: str, offset: int, earlier: Sequence[Citation], worker: 
     """Citations for the lines of a grounded CU: a line carried over keeps the place it was first
     quoted from, a line copied from `chunk` (which starts at `offset` in the document) gets its place
     there, and a restatement of `query`'s answer gets the place of the chunk sentence it rests on."""
-    before = {_normal(c.text): c for c in earlier}
+    before = {_normal(c.line): c for c in earlier}
     found = []
     for line in filter(None, (line.strip() for line in cu.splitlines())):
         if (carried := before.get(_normal(line))) is not None:
             found.append(carried)
         elif (place := locate(line, chunk) or support(line, chunk, query)) is not None:
-            found.append(Citation(line, offset + place[0], offset + place[1], worker))
-        elif (near := max(earlier, key=lambda c: fuzz.ratio(_normal(c.text), _normal(line)), default=None)) and \
-                fuzz.ratio(_normal(near.text), _normal(line)) >= MIN_SIMILARITY:
-            found.append(Citation(line, near.start, near.end, near.worker))  # re-copied with small changes
+            a, b = place
+            found.append(Citation(chunk[a:b], offset + a, offset + b, worker, line=line))
     return found
 
 
@@ -130,6 +161,36 @@ def support(line: str, source: str, query: str) -> tuple[int, int] | None:
         if words & asked and added <= words and len(words & wanted) > best:
             best, place = len(words & wanted), (start, cursor)
     return place
+
+
+def unsupported_words(answer: str, question: str, cited: Sequence[str]) -> set[str]:
+    """The content words of `answer` (as it writes them) that are neither in the question nor in any
+    cited text."""
+    held = content_words(question).union(*(content_words(text) for text in cited))
+    return {word for word in re.findall(r"\w+", answer) if word.lower() not in STOPWORDS and _stem(word.lower()) not in held}
+
+
+def check_support(kind: Kind, answer: str, question: str, choices: Sequence[str],
+                  citations: Sequence[Citation] | None) -> tuple[bool | None, str | None]:
+    """Whether the answer rests on its citations: every content word it adds to the question (for a
+    choice, its option's text) is in a cited span. None for a strategy that does not cite, and for
+    summaries and code, whose answers are not a few words to look for. The second value is a warning
+    for an unsupported answer."""
+    if citations is None or kind not in (Kind.QA, Kind.MCQ):
+        return None, None
+    if kind is Kind.MCQ:
+        from coa.answers import choice_letter
+
+        letter = choice_letter(answer, len(choices))
+        if letter is None:
+            return False, "the answer names no option, so no evidence can support it"
+        answer = choices[ord(letter) - ord("A")]
+    if not citations:
+        return False, "the answer is not supported: no evidence was cited"
+    missing = unsupported_words(answer, question, [c.text for c in citations])
+    if missing:
+        return False, f"the answer is not supported by the cited evidence (not in any citation: {', '.join(sorted(missing))})"
+    return True, None
 
 
 def same(a: str, b: str) -> bool:

@@ -57,12 +57,15 @@ class Task:
 
 @dataclass(frozen=True)
 class Citation:
-    """A quote passed on as evidence, and where the document holds it."""
+    """Evidence the answer was given, in the document's own words: `text` is always
+    `document[start:end]`; `line` is the CU line it came from (a copy with other spacing, or a
+    restatement whose citation is the sentence it rests on)."""
 
-    text: str  # the sentence as it was passed on
-    start: int  # character offsets in the document of the stretch it was found in
+    text: str  # document[start:end]
+    start: int  # character offsets in the document
     end: int
     worker: int  # the worker (0-based, in reading order) that quoted it
+    line: str = ""
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Call:
     seconds: float
     output: str  # what the model wrote
     span: tuple[int, int] | None = None  # token span of the chunk this call read
-    cu: str | None = None  # what a chain worker passed on (its output, unless a guard changed it)
+    cu: str | None = None  # what a chain worker passed on (its output, unless a guard changed it); a manager: the CU it read
     messages: list[dict[str, str]] = field(default_factory=list)
     finish_reason: str = "stop"
     path: int | None = None  # which chain of a multi-path run
@@ -109,6 +112,9 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     token_counter: str | None = None  # how the backend's tokens were counted (model tokenizer, server endpoint, tiktoken, estimate)
     citations: list[Citation] = field(default_factory=list)  # the evidence the answer was given, where the strategy keeps it
+    # Whether every content word the answer adds to the question is in a citation; None: not checked
+    # (a strategy that does not cite, or a summary or code)
+    supported: bool | None = None
 
     @property
     def usage(self) -> Usage:

@@ -27,6 +27,8 @@ def model_options(command, *, key_option: str = "--api-key"):
         click.option("--model", "-m", default="embedded", show_default=True, help="embedded, gguf:PATH, openai:NAME or scripted."),
         click.option("--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server URL [env: OPENAI_BASE_URL]."),
         click.option(key_option, "api_key", envvar="OPENAI_API_KEY", help="API key for the model server [env: OPENAI_API_KEY]."),
+        click.option("--embed-api-key", envvar="COA_EMBED_API_KEY",
+                     help="API key for the embedding server that rag's embed_url names [env: COA_EMBED_API_KEY]."),
         click.option("--window", "-w", type=click.IntRange(min=64), default=DEFAULT_WINDOW, show_default=True, help="Context window in tokens (capped at the model's)."),
         click.option("--max-cu-tokens", type=click.IntRange(min=1), help="Longest communication unit [default: 1024, or window/8 if smaller]."),
         click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_finite),

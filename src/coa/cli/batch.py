@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from coa.cli import Interrupts, cli, fail, model_options, stderr
-from coa.cli.evaluate import comma_list, executor_options, left_in, make_executor, store_errors
+from coa.cli.evaluate import comma_list, executor_options, largest_window, left_in, make_executor, store_errors
 from coa.errors import CoaError, InputError
 
 ANSWERS = "answers.jsonl"
@@ -27,7 +27,7 @@ ANSWERS = "answers.jsonl"
 @click.option("--limit", "-n", type=click.IntRange(min=1), help="Use the first N rows of IN.jsonl.")
 @click.option("--resume", is_flag=True, help="Continue a run in --out: finished pairs are skipped.")
 @click.option("--retry-errors", is_flag=True, help="With --resume, run failed pairs again.")
-def batch(corpus, out, strategies, opts, model, base_url, api_key, window, max_cu_tokens, temperature, timeout,
+def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key, window, max_cu_tokens, temperature, timeout,
           concurrency, executor, ray_address, limit, resume, retry_errors) -> None:
     """Answer every row of IN.jsonl with each strategy; results stream into OUT/results.sqlite.
 
@@ -44,8 +44,9 @@ def batch(corpus, out, strategies, opts, model, base_url, api_key, window, max_c
     dataset = f"batch:{corpus.name}"
     evaluation = Evaluation(dataset=dataset, strategies=labels, model=model, window=window, max_cu_tokens=max_cu_tokens,
                             temperature=temperature, limit=limit, concurrency=concurrency, out=out, resume=resume,
-                            retry_errors=retry_errors, base_url=base_url, api_key=api_key)
-    spec = ModelSpec(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
+                            retry_errors=retry_errors, base_url=base_url, api_key=api_key,
+                            embed_api_key=embed_api_key)
+    spec = ModelSpec(model, window=largest_window(window, labels), base_url=base_url, api_key=api_key, timeout=timeout)
     with Interrupts() as interrupts, store_errors(out):
         try:
             runner = make_executor(executor, ray_address, concurrency, spec)

@@ -59,7 +59,7 @@ def make_executor(executor: str, ray_address: str | None, concurrency: int, spec
               help="Where the datasets live [env: COA_DATA_DIR; default: ~/.local/share/chainofagents/data].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
 @executor_options
-def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_tokens, temperature, timeout, limit, concurrency,
+def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, window, max_cu_tokens, temperature, timeout, limit, concurrency,
              out, resume, retry_errors, rerun, seed, data_dir, opts, executor, ray_address) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
     from coa.eval.executors import ModelSpec
@@ -73,11 +73,13 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
         max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, limit=limit, concurrency=concurrency,
         out=out, resume=resume, retry_errors=retry_errors, rerun=comma_list(rerun),
         data_dir=data_dir, options=parse_pairs(opts),
-        base_url=base_url, api_key=api_key,
+        base_url=base_url, api_key=api_key, embed_api_key=embed_api_key,
     )
     with Interrupts() as interrupts, store_errors(out):
         try:
-            spec = ModelSpec(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
+            # The backend loads once, at the largest window a strategy asks for (vanilla:window=N, the full context).
+            spec = ModelSpec(model, window=largest_window(window, evaluation.strategies), base_url=base_url,
+                             api_key=api_key, timeout=timeout)
             backend = spec.load()  # here too with Ray: it measures the lengths of generated examples
             runner = make_executor(executor, ray_address, concurrency, spec, backend)
             outcome = run(evaluation, backend, executor=runner, console=stderr)
@@ -86,6 +88,14 @@ def evaluate(dataset, strategies, model, base_url, api_key, window, max_cu_token
         click.echo(markdown(outcome.store))
     if outcome.all_failed:  # a run that produced no result is not a success, though its errors are kept
         fail(f"all {outcome.ran} pairs failed; first error: {outcome.errors[0]}", 1)
+
+
+def largest_window(window: int, strategies: list[str]) -> int:
+    """The run's window, or a larger one that a strategy's own `window` option asks for."""
+    from coa.eval.runner import StrategySpec
+
+    asked = [StrategySpec.parse(s).options.get("window", "") for s in strategies]
+    return max([window, *(int(w) for w in asked if w.isdigit())])
 
 
 def left_in(out: Path, dataset: str) -> str:

@@ -79,7 +79,7 @@ def _run(file: str, make_tasks, **settings) -> None:
             fail(str(e) or interrupts.what, interrupts.exit_code)
 
 
-def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, window,
+def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, embed_api_key, window,
            max_cu_tokens, requirement, temperature, timeout, seed, concurrency, max_calls, max_total_tokens, prompts_dir,
            as_json, trace, verbose) -> None:
     from coa.models.registry import load_model
@@ -98,13 +98,15 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
     task_format(tasks[0].kind, prompts_dir)  # a broken tasks.yaml override fails before the model loads
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
-                    concurrency=concurrency, prompts_dir=prompts_dir, max_calls=max_calls, max_total_tokens=max_total_tokens)
+                    concurrency=concurrency, prompts_dir=prompts_dir, max_calls=max_calls, max_total_tokens=max_total_tokens,
+                    embed_api_key=embed_api_key)
     with CallPrinter(stderr, verbose=verbose) as printer:
         try:
             results = solver(backend, config, observer=printer, options=options).run_many(tasks)
         except (CoaError, KeyboardInterrupt) as e:
-            # Keep the work done before the failure: in --trace, or for an interrupt, in a file of its own.
-            if printer.calls and (trace is not None or isinstance(e, KeyboardInterrupt)):
+            # Keep the work done before the failure, which a rerun would pay for again: in --trace, or
+            # without one, in a file of its own.
+            if printer.calls:
                 message = str(e) or interrupts.what
                 saved = save_partial(printer.calls, message, trace)
                 raise type(e)(f"{message}; the {len(printer.calls)} calls made are in {saved}") from None
@@ -123,16 +125,16 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
 
 def check_writable(path: Path, option: str) -> None:
     """Fail now rather than after the run when `path` cannot be written; leaves no new file behind."""
-    if not path.parent.is_dir():
-        raise InputError(f"{option} {path}: directory {path.parent} does not exist")
-    existed = path.exists()
-    try:
+    try:  # the checks too: in a directory that may not be searched, even asking whether a path exists fails
+        if not path.parent.is_dir():
+            raise InputError(f"{option} {path}: directory {path.parent} does not exist")
+        existed = path.exists()
         with path.open("a", encoding="utf-8"):  # append: an existing file keeps its content until the run ends
             pass
+        if not existed:
+            path.unlink()
     except OSError as e:
         raise InputError(f"{option} {path}: cannot write ({e.strerror})") from None
-    if not existed:
-        path.unlink()
 
 
 def save_partial(calls: list[Call], error: str, trace: Path | None) -> Path:

@@ -47,7 +47,7 @@ def default_store() -> Path:
 def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | None, allowed_hosts: tuple[str, ...],
           store: Path | None,
           max_request_bytes: int, max_concurrent: int, concurrency: int, prompts_dir: Path | None, seed: int | None,
-          log_level: str, model: str, base_url: str | None, api_key: str | None, window: int, max_cu_tokens: int | None,
+          log_level: str, model: str, base_url: str | None, api_key: str | None, embed_api_key: str | None, window: int, max_cu_tokens: int | None,
           temperature: float, timeout: float) -> None:
     """Serve the strategies over HTTP: OpenAI's chat completions, a job API and a page at /."""
     uvicorn = require("uvicorn", "serve", "coa serve")
@@ -59,7 +59,7 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
     keys = [*api_keys, *read_keys(api_key_file)]
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
-                    concurrency=concurrency, prompts_dir=prompts_dir)
+                    concurrency=concurrency, prompts_dir=prompts_dir, embed_api_key=embed_api_key)
     listener = bind(host, port)
     # A loopback server answers only to loopback names: a web page whose name an attacker rebinds to
     # 127.0.0.1 cannot reach it.

@@ -11,6 +11,7 @@ from typing import Any
 
 import jinja2
 
+from coa.eval.audit import audit
 from coa.eval.stats import RESAMPLES, bootstrap_interval
 from coa.eval.store import Store
 from coa.extras import require
@@ -24,7 +25,7 @@ def summary(store: Store) -> list[dict[str, Any]]:
     bootstrap interval (score_lo, score_hi), the paired difference from the dataset's first
     strategy (baseline; delta, delta_lo, delta_hi over the delta_n examples both scored) and mean costs."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for row in store.rows():
+    for row in store.rows(traces=True):  # the traces tell where evidence was lost
         groups[row["dataset"], row["strategy"]].append(row)
     order = {d: (store.config(d) or {}).get("strategies", []) for d in store.datasets()}
     baselines: dict[str, tuple[str, dict[str, float]]] = {}  # per dataset: its first strategy and scores
@@ -38,8 +39,28 @@ def summary(store: Store) -> list[dict[str, Any]]:
         for key in MEANS:
             values = [r[key] for r in scored if r[key] is not None]
             entry[key] = round(statistics.fmean(values), 2) if values else None
+        entry.update(evidence(scored))
         entries.append(entry)
     return entries
+
+
+def evidence(rows: list[dict]) -> dict[str, Any]:
+    """Right for the right reason, over a strategy's scored rows: the share of checked answers that
+    their citations support, the mean score of supported and of unsupported answers, and the chains'
+    lost evidence and manager misses (see coa.eval.audit), with the rows they are out of."""
+    audits = [(row, audit(row.get("trace") or {}, row["refs"] or [], row["metric"])) for row in rows]
+    checked = [(row, a) for row, a in audits if a["supported"] is not None]
+    held = [a for _, a in audits if a["held"]]
+    reached = [a for _, a in audits if a["held"] and not a["lost"]]
+
+    def mean_score(supported: bool) -> float | None:
+        values = [row["score"] for row, a in checked if a["supported"] is supported and row["score"] is not None]
+        return _percent(statistics.fmean(values)) if values else None
+
+    return {"checked": len(checked), "supported": sum(bool(a["supported"]) for _, a in checked),
+            "score_supported": mean_score(True), "score_unsupported": mean_score(False),
+            "held": len(held), "lost": sum(bool(a["lost"]) for a in held),
+            "reached": len(reached), "missed": sum(bool(a["missed"]) for a in reached)}
 
 
 def _mean_and_interval(name: str, values: list[float]) -> dict[str, float | None]:
@@ -67,10 +88,15 @@ def _rank(order: dict[str, list[str]], dataset: str, strategy: str) -> tuple[int
     return (listed.index(strategy) if strategy in listed else len(listed), strategy)
 
 
-HEADER = ("strategy", "score", "95% CI", "Δ (95% CI)", "n", "errors", "doc tokens", "calls", "prompt tokens",
-          "completion tokens", "seconds")
+HEADER = ("strategy", "score", "95% CI", "Δ (95% CI)", "n", "errors", "supported", "score supp. / unsupp.",
+          "evidence lost", "manager missed", "doc tokens", "calls", "prompt tokens", "completion tokens", "seconds")
 NOTE = (f"95% CI: percentile bootstrap over the examples ({RESAMPLES} resamples, fixed seed). Δ: mean per-example "
-        "difference from the dataset's first strategy over the examples both scored, with its paired bootstrap 95% CI.")
+        "difference from the dataset's first strategy over the examples both scored, with its paired bootstrap 95% CI. "
+        "supported: answers whose every content word beyond the question is in a citation, of those checked "
+        "(– for a strategy that does not cite), with the mean score of each group. evidence lost: rows where some "
+        "worker's CU held the answer but the CU that reached the manager did not, of the rows where some CU held it; "
+        "manager missed: rows where the CU that reached the manager held the answer and the answer does not, of those "
+        "rows (– for strategies without a chain, and multiple-choice and summary rows).")
 
 
 def sections(store: Store) -> list[dict[str, Any]]:
@@ -89,7 +115,9 @@ def sections(store: Store) -> list[dict[str, Any]]:
             f"run started {config.get('started', '?')}, version {config.get('version', '?')} ({config.get('git') or 'no git'})"
         )
         cells = [[e["strategy"], _fmt(e["score"]), _range(e["score_lo"], e["score_hi"]), _delta(e), str(e["n"]),
-                  str(e["errors"]), _fmt(e["document_tokens"], 0), _fmt(e["calls"], 1), _fmt(e["prompt_tokens"], 0),
+                  str(e["errors"]), _share(e["supported"], e["checked"]),
+                  f"{_fmt(e['score_supported'])} / {_fmt(e['score_unsupported'])}" if e["checked"] else "–",
+                  _share(e["lost"], e["held"]), _share(e["missed"], e["reached"]), _fmt(e["document_tokens"], 0), _fmt(e["calls"], 1), _fmt(e["prompt_tokens"], 0),
                   _fmt(e["completion_tokens"], 0), _fmt(e["seconds"], 1)]
                  for e in rows]
         result.append({"dataset": dataset, "model": config.get("model"), "settings": settings, "rows": cells})
@@ -105,6 +133,10 @@ def markdown(store: Store) -> str:
         for s in sections(store)
     ]
     return "\n".join([*parts, NOTE + "\n"]) if parts else "No results yet.\n"
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part}/{whole}" if whole else "–"
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:

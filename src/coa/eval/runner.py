@@ -68,7 +68,8 @@ class Evaluation:
     data_dir: Path | None = None
     options: dict[str, str] = field(default_factory=dict)  # the dataset's options
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    embed_api_key: str | None = field(default=None, repr=False)  # never recorded (see run_config)
 
 
 def run_config(evaluation: Evaluation) -> dict[str, Any]:
@@ -158,7 +159,8 @@ def execute(evaluation: Evaluation, examples: Callable[[], list[Example]], execu
     done = store.finished(evaluation.dataset, errors=not evaluation.retry_errors)
     pending = [(i, e, s) for i, e in enumerate(loaded) for s in specs if (e.id, s.label) not in done]
     run_settings = Config(window=evaluation.window, max_cu_tokens=evaluation.max_cu_tokens,
-                          temperature=evaluation.temperature, seed=evaluation.seed)
+                          temperature=evaluation.temperature, seed=evaluation.seed,
+                          embed_api_key=evaluation.embed_api_key)
     rows = _run(pending, evaluation.dataset, run_settings, executor, store, console or Console(stderr=True))
     return Outcome(store, len(rows), [r["error"] for r in rows if r["error"] is not None],
                    skipped=len(loaded) * len(specs) - len(pending))

@@ -92,7 +92,10 @@ class OpenAIModel:
         window: int | None = None,
         timeout: float | None = None,
     ) -> None:
-        # No built-in host: prompts and keys go only where the user pointed.
+        # No built-in host: prompts and keys go only where the user pointed. OPENAI_API_KEY is the key
+        # of OPENAI_BASE_URL's server: it is taken only where the URL was too, so a URL given in code
+        # (an embedding server's) never receives it.
+        from_env = not base_url
         base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip().rstrip("/")
         if not base_url:
             raise ConfigError(
@@ -113,7 +116,7 @@ class OpenAIModel:
         self.name = f"openai:{model}"
         self.base_url = base_url
         self.timeout = float(timeout)
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        self._api_key = api_key or (os.environ.get("OPENAI_API_KEY") if from_env else None) or None
         self._where = f"the model server at {redact(base_url)}"  # credentials never shown
         self._requested_window = window
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -262,11 +265,14 @@ class OpenAIModel:
         if status == 429 or status >= 500:
             raise _Retry(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
         if status in (401, 403):
-            raise ModelError(f"{self._where} rejected the API key (HTTP {status}); check --api-key or OPENAI_API_KEY")
+            raise ModelError(f"{self._where} rejected the API key (HTTP {status}); "
+                             "check the backend's key (--api-key; for coa serve, --backend-api-key) or OPENAI_API_KEY")
         if status >= 400:
-            # Scrub before cutting, so that no part of a key the server echoes survives.
+            # Classify the server's own words, then scrub before cutting, so that no part of a key
+            # the server echoes survives (and a scrubbed word cannot hide an overflow).
+            overflow = status in (400, 413) and any(h in response.text.lower() for h in OVERFLOW_HINTS)
             detail = " ".join(scrub(response.text, self.base_url, self._api_key).split())[:300]
-            if status in (400, 413) and any(h in detail.lower() for h in OVERFLOW_HINTS):
+            if overflow:
                 raise ContextOverflowError(f"the server says the prompt is too long: {detail}")
             raise ModelError(f"{self._where} answered HTTP {status}: {detail}")
         try:

@@ -64,6 +64,15 @@ def embedded(*, window: int | None = None, **_) -> Model:
     return LlamaCppModel(embedded_model_path(), window=window, name="embedded")
 
 
+@BACKENDS.register("reader", "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, from the [reader] extra, run in-process: reads far "
+                   "better than the embedded model, at about a third of its speed")
+def reader(*, window: int | None = None, **_) -> Model:
+    from coa.models.llamacpp import LlamaCppModel
+    from coa.models.reader import reader_model_path
+
+    return LlamaCppModel(reader_model_path(), window=window, name="reader")
+
+
 @BACKENDS.register("gguf", "any local GGUF model file, run in-process by llama.cpp")
 def gguf(path: str, *, window: int | None = None, **_) -> Model:
     from coa.models.llamacpp import LlamaCppModel

@@ -29,9 +29,18 @@ def secrets_of(url: str, api_key: str | None = None) -> list[str]:
     return sorted({s for s in found if s}, key=len, reverse=True)
 
 
+# A secret shorter than this is removed only where it stands alone, so that a one-letter key never
+# rewrites ordinary words ("maximum" with the key "x").
+SHORT_SECRET = 8
+
+
 def scrub(text: str, url: str, api_key: str | None = None) -> str:
-    """`text` with the URL shown redacted and every secret of `secrets_of` replaced by `***`."""
+    """`text` with the URL shown redacted and every secret of `secrets_of` replaced by `***`: a long one
+    wherever it occurs, a short one where neither neighbour is a letter, a digit, `-` or `_`."""
     text = text.replace(url, redact(url))
     for secret in secrets_of(url, api_key):
-        text = text.replace(secret, "***")
+        if len(secret) >= SHORT_SECRET:
+            text = text.replace(secret, "***")
+        else:
+            text = re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "***", text)
     return text

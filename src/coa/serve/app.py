@@ -4,36 +4,34 @@ documents, the job API with its event stream, and the page. docs/serve.md descri
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile as FormFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coa.config import Config
 from coa.documents import decode_document
-from coa.errors import CoaError, ConfigError
+from coa.errors import CoaError
 from coa.models.base import Model
-from coa.serve.errors import ApiError, bad_request, from_coa, not_found
-from coa.serve.protocol import ChatRequest, RunRequest, make_task, split_conversation
-from coa.serve.runs import Run, Runner
+from coa.serve.errors import ApiError, bad_request, describe_errors, from_coa, handle_errors, not_found
+from coa.serve.guard import BODY_TIMEOUT, Guard
+from coa.serve.options import operator_options, request_options
+from coa.serve.protocol import (ChatRequest, RunRequest, make_task, media_type, parse_json, split_conversation,
+                                validated)
+from coa.serve.runs import Run, Runner, trace
 from coa.serve.store import ServeStore
-from coa.strategies.base import STRATEGIES, Strategy, get_strategy, parse_options
+from coa.strategies.base import STRATEGIES, Strategy, get_strategy
 
 STATIC = files("coa.serve") / "static"
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
@@ -44,8 +42,13 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pro
 
 def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str] | tuple[str, ...] = (),
                max_request_bytes: int = 16 * 2**20, max_concurrent: int = 4,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
-    """The app; `allowed_hosts`: the host names requests may name (None: any)."""
+               allowed_hosts: list[str] | None = None, options: Mapping[str, Any] | None = None,
+               docs: bool = False, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
+    """The app; `allowed_hosts`: the host names requests may name (None: any); `options`: the
+    operator's strategy options (`--opt`), each for every strategy that has it; `docs`: serve
+    the API's description at /docs and /openapi.json; `body_timeout`: the longest wait, in
+    seconds, for the next piece of a request body."""
+    preset = operator_options(options or {})  # before anything is opened: a bad --opt is the whole error
     served = ServeStore(store)
     runner = Runner(model, config, served, max_concurrent)
     started = int(time.time())
@@ -56,12 +59,18 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
         await runner.shutdown()
         served.close()
 
-    app = FastAPI(title="coa serve", version="1", lifespan=lifespan,
+    # FastAPI's own /docs and /redoc pages load their scripts from a CDN: off, and /docs is ours.
+    app = FastAPI(title="coa serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None,
                   description="Long-context answers from a short-window model: see docs/serve.md.")
     app.state.runner = runner  # for a look at the runs in flight
-    app.add_middleware(Guard, keys=list(api_keys), max_bytes=max_request_bytes, hosts=allowed_hosts)
+    app.add_middleware(Guard, keys=list(api_keys), max_bytes=max_request_bytes, hosts=allowed_hosts,
+                       body_timeout=body_timeout)
     handle_errors(app)
-    describe_errors(app)
+    describe_errors(app, component_schemas(ChatRequest, RunRequest))
+
+    def options_for(strategy: type[Strategy], given: dict[str, Any], param: str) -> Any:
+        return request_options(strategy, given, preset.get(strategy.name, {}), param)
 
     # -- the page and health ------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -74,6 +83,11 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    if docs:
+        @app.get("/docs", include_in_schema=False)
+        async def api_docs() -> HTMLResponse:  # a page of our own: it loads nothing from elsewhere
+            return HTMLResponse((STATIC / "docs.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
+
     # -- OpenAI-compatible ----------------------------------------------------------------------
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -82,12 +96,14 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
                 for entry in STRATEGIES.items()]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatRequest, request: Request) -> Response | dict[str, Any]:
+    @app.post("/v1/chat/completions", response_model=None, openapi_extra=json_body("ChatRequest"))
+    async def chat_completions(request: Request) -> Response | dict[str, Any]:
+        media_type(request.headers.get("content-type"), ("application/json",))
+        body = validated(ChatRequest, parse_json(await request.body()))
         owner, settings = request.state.owner, body.coa
         strategy = strategy_for(body.model, settings.strategy)
-        options = checked_options(strategy, settings.options, "coa.options")
-        document, question = split_conversation(body.messages)
+        options = options_for(strategy, settings.options, "coa.options")
+        document, question = split_conversation(body.messages, uploaded=settings.document is not None)
         if settings.document is not None:
             document = uploaded(served, owner, settings.document, "coa.document")
         if not document.strip():
@@ -133,7 +149,7 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
 
     # -- jobs -----------------------------------------------------------------------------------------
     @app.post("/v1/runs", status_code=202, openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": RunRequest.model_json_schema()},
+        **json_body("RunRequest")["requestBody"]["content"],
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             "file": {"type": "string", "format": "binary"},
             **{k: {"type": "string"} for k in RunRequest.model_fields if k != "document"}}}}}}})
@@ -141,7 +157,7 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
         owner = request.state.owner
         spec, text = await run_request(request)
         strategy = checked(lambda: get_strategy(spec.strategy), "strategy")
-        options = checked_options(strategy, spec.options, "options")
+        options = options_for(strategy, spec.options, "options")
         if spec.document_id is not None:
             text = uploaded(served, owner, spec.document_id, "document_id")
         if text is None:
@@ -212,7 +228,7 @@ class Completion:
                                  "seconds": round(result.seconds, 3),
                                  "citations": [vars(c) for c in result.citations], "warnings": result.warnings}
         if self.trace:
-            extra["result"] = result.to_dict()
+            extra["result"] = trace(result)
         return extra
 
     def reply(self) -> dict[str, Any]:
@@ -297,31 +313,31 @@ async def finished_or_gone(request: Request, run: Run) -> bool:
 
 # -- job runs -----------------------------------------------------------------------------------------
 async def run_request(request: Request) -> tuple[RunRequest, str | None]:
-    """The job request from a JSON body or a multipart form (with the document as `file`)."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    """The job request from a JSON body or a multipart form (with the document as `file`), and the
+    document's text where the request holds it."""
+    media = media_type(request.headers.get("content-type"), ("application/json", "multipart/form-data"))
+    upload: Any = None
+    if media == "multipart/form-data":
         try:
             form = await request.form()
         except Exception as e:  # the multipart parser's own errors: the body is malformed
-            raise bad_request(f"the multipart body cannot be read ({e})") from None
+            raise bad_request(f"the multipart body cannot be read ({' '.join(str(e).split())})") from None
         data: dict[str, Any] = {key: value for key, value in form.items() if isinstance(value, str)}
         for key in ("options", "choices"):
             if key in data:
-                try:
-                    data[key] = json.loads(data[key])
-                except ValueError:
-                    raise bad_request(f"{key}: not valid JSON", key) from None
+                data[key] = parse_json(data[key], key, key)
         upload = form.get("file")
-        text = await read_upload(upload) if upload is not None and not isinstance(upload, str) else None
+        if isinstance(upload, FormFile) and not upload.filename and not upload.size:
+            upload = None  # what a browser sends for a file field left empty
+        # A form's fields are text: its numbers are read from it, where JSON's must be numbers.
+        spec = validated(RunRequest, data, strict=False)
     else:
-        try:
-            data = json.loads(await request.body())
-        except ValueError:
-            raise bad_request("the body is not valid JSON") from None
-        text = None
-    try:
-        spec = RunRequest.model_validate(data)
-    except ValidationError as e:
-        raise validation_error(e.errors()) from None
+        spec = validated(RunRequest, parse_json(await request.body()))
+    text = await read_upload(upload) if upload is not None else None
+    given = [name for name, value in (("document", spec.document), ("file", text), ("document_id", spec.document_id))
+             if value is not None]
+    if len(given) > 1:
+        raise bad_request(f"the document is given as both {given[0]} and {given[1]}: give it one way", given[1])
     return spec, text if spec.document is None else spec.document
 
 
@@ -354,10 +370,6 @@ def strategy_for(model: str, name: str | None) -> type[Strategy]:
     return get_strategy(rest)
 
 
-def checked_options(strategy: type[Strategy], options: dict[str, Any], param: str) -> Any:
-    return checked(lambda: parse_options(strategy, options), param)
-
-
 def checked(make: Any, param: str | None = None) -> Any:
     """`make()`, with a library error as the API's error (the CLI's message, status 400)."""
     try:
@@ -387,134 +399,17 @@ def raise_(error: Exception) -> Any:
     raise error
 
 
-# -- errors and the guard --------------------------------------------------------------------------------
-def handle_errors(app: FastAPI) -> None:
-    """Every error as OpenAI's error body with its status."""
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(error.body(), error.status, headers=error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return await api_error(request, validation_error(error.errors()))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        return await api_error(request, ApiError(error.status_code, str(error.detail), kind))
-
-    @app.exception_handler(ConfigError)
-    async def coa_error(request: Request, error: CoaError) -> JSONResponse:
-        return await api_error(request, from_coa(error))
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse(ApiError(500, "internal error", "server_error").body(), 500)
+def json_body(name: str) -> dict[str, Any]:
+    """The schema of a JSON body that a route reads itself (so that every fault in it is one 400 line)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}}
 
 
-ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
-    "type": "object", "required": ["message", "type", "param", "code"],
-    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
-
-
-def describe_errors(app: FastAPI) -> None:
-    """The schema says what the server does: a malformed request is 400 with OpenAI's error body
-    (FastAPI's default schema says 422 with its own)."""
-    build = app.openapi
-
-    def schema() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = build()
-            for operations in document.get("paths", {}).values():
-                for operation in operations.values():
-                    responses = operation.get("responses", {})
-                    if responses.pop("422", None) is not None:
-                        responses["400"] = {"description": "A malformed request: OpenAI's error body",
-                                            "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-            for name in ("HTTPValidationError", "ValidationError"):
-                document.get("components", {}).get("schemas", {}).pop(name, None)
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = schema  # type: ignore[method-assign]
-
-
-def validation_error(errors: Any) -> ApiError:
-    """A malformed body in one line: where, and what is wrong (the first few problems)."""
-    if any(error["type"] == "json_invalid" for error in errors):
-        return bad_request("the body is not valid JSON")
-    described = []
-    for error in list(errors)[:3]:
-        where = ".".join(str(part) for part in error["loc"] if part != "body")
-        described.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
-    first = ".".join(str(part) for part in errors[0]["loc"] if part != "body") if errors else None
-    return bad_request("; ".join(described) or "the request is malformed", first or None)
-
-
-class Guard:
-    """ASGI middleware in front of everything: the Host a request names (on a loopback server,
-    loopback names only: a web page whose name was rebound to 127.0.0.1 reaches nothing), the
-    Origin of a browser's request (this page's own, or none: another site's page cannot post runs
-    with the user's browser), the API key on /v1 paths (the page, its files and /health are
-    public), and the body size limit, checked before any route reads the body."""
-
-    def __init__(self, app: Any, keys: list[str], max_bytes: int, hosts: list[str] | None) -> None:
-        self.app = app
-        self.keys = [key.encode() for key in keys]
-        self.max_bytes = max_bytes
-        self.hosts = {host.lower().strip("[]") for host in hosts} if hosts is not None else None
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        try:
-            owner = self.admit(scope["path"], headers)
-        except ApiError as refused:
-            return await JSONResponse(refused.body(), refused.status, headers=refused.headers)(scope, receive, send)
-        scope.setdefault("state", {})["owner"] = owner
-        too_large = ApiError(413, f"the request body is over the server's limit of {self.max_bytes:,} bytes "
-                                  "(--max-request-bytes)", code="request_too_large")
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await JSONResponse(too_large.body(), 413, headers={"Connection": "close"})(scope, receive, send)
-        body, more = bytearray(), True
-        while more:  # read the body here, up to the limit, so a route never reads past it
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await JSONResponse(too_large.body(), 413, headers={"Connection": "close"})(scope, receive, send)
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: the disconnect, when it comes
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    def admit(self, path: str, headers: dict[str, str]) -> str:
-        """The request's owner (a digest of its key; "" where the API is open), or the refusal."""
-        host = urlsplit(f"//{headers.get('host', '')}").hostname or ""
-        if self.hosts is not None and host.lower() not in self.hosts:
-            raise ApiError(403, f"this server does not answer for the host {host!r} (--allowed-host)",
-                           "permission_error", code="host_not_allowed")
-        origin = headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
-            raise ApiError(403, "requests from another site's pages are refused", "permission_error",
-                           code="cross_origin")
-        if not self.keys or not path.startswith("/v1"):
-            return ""
-        scheme, _, given = headers.get("authorization", "").encode("latin-1").partition(b" ")
-        key = next((k for k in self.keys if scheme.lower() == b"bearer" and hmac.compare_digest(k, given.strip())), None)
-        if key is None:
-            raise ApiError(401, "a valid API key is needed: send it as `Authorization: Bearer KEY`",
-                           "authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        return hashlib.sha256(key).hexdigest()[:16]  # runs and files belong to a key, which is never stored
+def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    """The models' JSON schemas, and those of the models they hold, as OpenAPI components."""
+    found: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        found |= schema.pop("$defs", {})
+        found[model.__name__] = schema
+    return found

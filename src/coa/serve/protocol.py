@@ -2,25 +2,33 @@
 
 Bodies follow OpenAI's chat API; fields coa does not use are ignored, as vLLM ignores them.
 coa's own settings come in one namespaced field, `coa`, where a misspelt key is an error.
+Every field coa reads has a strict type: a JSON boolean is no number, a string no boolean.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import json
+import math
+import sys
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from coa.serve.errors import bad_request
+from coa.serve.errors import ApiError, bad_request, validation_error
 from coa.task import Kind, Task
 
 TaskKind = Literal["qa", "mcq", "summarize", "code"]
 Count = Annotated[int, Field(ge=1, le=10**9)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # what backends keep: a 64-bit integer
+MAX_DEPTH = 32  # a request is a few levels deep; deeper is refused before anything walks it
+SYSTEM_ROLES = ("system", "developer")  # instructions of the client, not part of a document
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class Limits(BaseModel):
     """What one run may spend, and the window it may use (no larger than the server's)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     window: Annotated[int, Field(ge=64, le=10**7)] | None = None
     max_calls: Count | None = None
     max_total_tokens: Count | None = None
@@ -38,30 +46,31 @@ class CoaSettings(Limits):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     type: str
     text: str | None = None
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: str
     content: str | list[TextPart] | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict floats take JSON integers: clients send `"temperature": 0` and `1`.
+    model_config = ConfigDict(extra="ignore", strict=True)
     model: str
     messages: Annotated[list[Message], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     coa: CoaSettings = Field(default_factory=CoaSettings)
 
 
@@ -77,6 +86,75 @@ class RunRequest(Limits):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+# -- bodies -----------------------------------------------------------------------------------------
+def media_type(content_type: str | None, accepted: tuple[str, ...]) -> str:
+    """The request's media type, one of `accepted` (parameters such as charset aside), or 415."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media not in accepted:
+        given = f"Content-Type {media}" if media else "no Content-Type"
+        raise ApiError(415, f"{given} is not accepted here: send {' or '.join(accepted)}",
+                       code="unsupported_media_type")
+    return media
+
+
+def parse_json(data: bytes | str, what: str = "the body", param: str | None = None) -> Any:
+    """JSON text as Python values, or one 400 line: malformed, nested too deeply, or holding a number
+    Python will not convert (over its integer digit limit, or beyond a float's range)."""
+    def refuse(_: str) -> Any:
+        raise ValueError("NaN and Infinity are not JSON")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {text if len(text) <= 20 else text[:20] + '…'} is out of range")
+        return value
+
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    opened = data.count(b"[") + data.count(b"{")  # an upper bound on the depth: most bodies need no walk
+    try:
+        value = json.loads(data, parse_constant=refuse, parse_float=finite)
+    except RecursionError:
+        raise bad_request(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)", param) from None
+    except json.JSONDecodeError:
+        raise bad_request(f"{what} is not valid JSON", param) from None
+    except UnicodeDecodeError:
+        raise bad_request(f"{what} is not valid JSON (not UTF-8 text)", param) from None
+    except ValueError as e:  # from Python's integer conversion, or from the two hooks above
+        if "digits" in str(e):
+            raise bad_request(f"{what} holds an integer of more than {sys.get_int_max_str_digits():,} digits",
+                              param) from None
+        raise bad_request(f"{what} is not valid JSON ({e})", param) from None
+    if opened > MAX_DEPTH and depth_over(value, MAX_DEPTH):
+        raise bad_request(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)", param)
+    return value
+
+
+def depth_over(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest deeper than `limit`, found without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def validated(model: type[Body], data: Any, *, strict: bool = True) -> Body:
+    """`data` as the body `model`, or one 400 line naming the first fields at fault."""
+    if not isinstance(data, dict):
+        raise bad_request("the body must be a JSON object")
+    try:
+        return model.model_validate(data, strict=strict)
+    except ValidationError as e:
+        raise validation_error(e.errors()) from None
+
+
+# -- chat -------------------------------------------------------------------------------------------
 def text_of(message: Message, position: int) -> str:
     """A message's text: its content, or its text parts joined; other parts are refused."""
     if message.content is None:
@@ -92,14 +170,22 @@ def text_of(message: Message, position: int) -> str:
     return "".join(texts)
 
 
-def split_conversation(messages: list[Message]) -> tuple[str, str]:
+def split_conversation(messages: list[Message], *, uploaded: bool = False) -> tuple[str, str]:
     """(the document, the question): the last message must be the user's and holds the question;
-    the messages before it, joined by blank lines, are the document."""
+    the messages before it, joined by blank lines, are the document. With an uploaded document
+    (`uploaded`), the messages before the question may hold only system prompts: a document in
+    them as well would be a second one, and which to read is not for the server to guess."""
     last = len(messages) - 1
     if messages[last].role != "user":
         raise bad_request(f"the last message must be the user's question, not a {messages[last].role!r} message",
                           "messages")
     texts = [text_of(m, i) for i, m in enumerate(messages)]
+    if uploaded:
+        if any(t.strip() and m.role not in SYSTEM_ROLES for m, t in zip(messages[:last], texts, strict=False)):
+            raise bad_request("coa.document names the document, and the messages before the question hold one too: "
+                              "send the document one way (only system messages may come before the question)",
+                              "coa.document")
+        return "", texts[last]
     return "\n\n".join(t for t in texts[:last] if t.strip()), texts[last]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from coa import budget
@@ -14,6 +14,7 @@ from coa.chunking import Chunk, TokenIndex, chunk_text, token_index
 from coa.config import Config
 from coa.errors import CoaError, LimitError
 from coa.fence import unfence
+from coa.grounding import check_support
 from coa.models.base import Messages, Model, count_prompt, truncate_to_tokens
 from coa.prompts import Prompt, TaskFormat, load_prompt, task_format
 from coa.registry import Registry
@@ -78,12 +79,17 @@ class Strategy:
 
     async def arun_many(self, tasks: Sequence[Task]) -> list[Result]:
         """A result for each task; tasks that share a document (several questions) may share the reading."""
-        runs = [(Session(self.model, self.config, self.observer), task) for task in tasks]
+        runs = [(Session(self.model, self.run_config(), self.observer), task) for task in tasks]
         outcomes = await self.solve_many(runs)
         return [
             session.result(answer, self.name, task, {**self.options.model_dump(), **settings})
             for (session, task), (answer, settings) in zip(runs, outcomes, strict=True)
         ]
+
+    def run_config(self) -> Config:
+        """The run's settings, with the strategy's own `window` option where it has one."""
+        window = getattr(self.options, "window", None)
+        return replace(self.config, window=window) if window else self.config
 
     async def solve_many(self, runs: list[tuple[Session, Task]]) -> list[tuple[str, dict[str, Any]]]:
         """`solve` for each run in turn; a strategy that can share work across tasks overrides this."""
@@ -124,7 +130,9 @@ class Session:
         self._slots = asyncio.Semaphore(max(1, config.concurrency))
         self._planned: dict[str, int] = {}
         self._index: tuple[str, TokenIndex] | None = None
-        self.citations: list[Citation] = []  # set by a strategy that keeps the evidence it answered from
+        # Set by a strategy that keeps the evidence it answered from (its answer is then checked against
+        # it); None: a strategy that does not cite.
+        self.citations: list[Citation] | None = None
         self.warnings: list[str] = []  # what the result should tell its reader (a run cut short, ...)
         # Tokens kept back under config's limits for one last call that answers from what was read
         # (set by a strategy that can answer early); None: no call is kept for.
@@ -262,8 +270,12 @@ class Session:
         return call
 
     def result(self, answer: str, strategy: str, task: Task, settings: dict[str, Any]) -> Result:
+        answer = clean_answer(task.kind, answer)
+        supported, warning = check_support(task.kind, answer, query_text(task), task.choices, self.citations)
+        if warning:
+            self.warnings.append(warning)
         return Result(
-            answer=clean_answer(task.kind, answer),
+            answer=answer,
             strategy=strategy,
             model=self.model.name,
             window=self.window,
@@ -274,7 +286,8 @@ class Session:
             # e.g. a server tokenizer that stopped answering, a run cut short by its limits
             warnings=[*getattr(self.model, "warnings", ()), *self.warnings],
             token_counter=getattr(self.model, "token_counter", None),
-            citations=list(self.citations),
+            citations=list(self.citations or ()),
+            supported=supported,
         )
 
 

@@ -1,5 +1,10 @@
 """Chain of Agents: workers read the chunks in order, passing a communication
-unit (CU) forward; a manager answers from the last CU alone."""
+unit (CU) forward; a manager answers from the last CU alone.
+
+Two kinds of CU. `evidence` (the default, for tasks with a question): each worker names the
+sentences of its chunk that help answer, alone or with the evidence found before, and those
+sentences travel word for word with their places in the document (coa.evidence). `paper`: each
+worker writes the CU, as in the paper; the paper's CoA is `cu=paper`."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field, FiniteFloat
 
+from coa import evidence
 from coa.answers import is_refusal
 from coa.budget import MIN_CHUNK_TOKENS
 from coa.chunking import Chunk
@@ -23,15 +29,19 @@ from coa.models.base import Messages, truncate_to_tokens
 from coa.strategies.base import Session, Strategy, query_text, register
 from coa.strategies.options import Options
 from coa.strategies.rag import bm25_scores
-from coa.task import Call, Citation, Task
+from coa.task import Call, Citation, Kind, Task
 
 RECHUNK_FACTOR = 0.75  # after an overflow, chunks are re-split this much smaller
 MAX_RECHUNKS = 3
+MAX_SHRINKS = 3  # a manager prompt refused as too long is retried with its CU shrunk this many times
 
 Order = Literal["ltr", "rtl", "perm", "relevance"]
 
 
 class ChainOptions(Options):
+    cu: Literal["evidence", "paper"] = Field(
+        "evidence", description="evidence: workers add what their chunk says for the question, kept in the document's "
+        "words with its places (tasks with a question); paper: each worker rewrites the CU, as in the paper")
     order: Order = Field("ltr", description="workers left to right, right to left, in a permutation seeded by --seed, "
                          "or by relevance: the chunks that match the question best (BM25) last, nearest the manager")
     skip: FiniteFloat = Field(0.0, ge=0, le=1, description="chunks whose BM25 match with the question is below this share "
@@ -40,10 +50,12 @@ class ChainOptions(Options):
                             "question unchanged (0: never)")
     chunk_tokens: int | None = Field(None, ge=MIN_CHUNK_TOKENS, description="the most tokens of text a worker reads "
                                      "(auto: all the window leaves); smaller chunks are easier for a small model")
-    cite: bool = Field(False, description="the manager sees each quote of the CU with its place in the document")
+    cite: bool = Field(False, description="paper CU: the manager sees each quote of the CU with its place in the document")
     manager: bool = Field(True, description="false: the last worker's CU is the answer (the paper's ablation)")
-    guard: bool = Field(True, description="a refusal-only worker output does not replace the CU (chain collapse)")
-    grounding: bool | None = Field(None, description="keep only CU sentences the sources support; auto: on for QA kinds")
+    guard: bool | None = Field(None, description="paper CU: a refusal-only worker output does not replace the CU "
+                               "(chain collapse); auto: off, as in the paper")
+    grounding: bool | None = Field(None, description="paper CU: keep only CU sentences the sources support; auto: off, "
+                                   "as in the paper")
     prefetch: bool = Field(False, description="while a worker runs, a free server slot evaluates the next chunk "
                            "(llama-server with -np 2 or more)")
 
@@ -55,12 +67,13 @@ class Chain:
     cu: str = ""
     rechunks: int = 0
     budget: int = 0
-    citations: list[Citation] = field(default_factory=list)  # of the lines of `cu`
+    citations: list[Citation] = field(default_factory=list)  # of the lines of `cu`; the evidence CU itself
     skipped: int = 0  # chunks not read: they did not match the question
     unchanged: int = 0  # workers in a row that left an answer-bearing CU as it was
     stopped: bool = False  # early exit
     saved: int = 0  # worker calls early exit saved
     limited: bool = False  # reading stopped at the run's limits (the manager answers from what was read)
+    dropped: int = 0  # evidence lines dropped because the CU was full
 
 
 @register
@@ -71,19 +84,20 @@ class ChainOfAgents(Strategy):
 
     async def solve_many(self, runs: list[tuple[Session, Task]]) -> list[tuple[str, dict]]:
         """Questions over one document share one pass over its chunks (see `run_chains`)."""
-        if len({task.document for _, task in runs}) > 1:
-            return await super().solve_many(runs)
+        if len({task.document for _, task in runs}) > 1 or len({uses_evidence(self.options, t) for _, t in runs}) > 1:
+            return [outcome for run in runs for outcome in await self.solve_many([run])]
         options: ChainOptions = self.options
         if query_aware(options) and len(runs) > 1:  # each question reads its own chunks in its own order
             return [outcome for run in runs for outcome in await self.solve_many([run])]
-        limits = [manager_tokens(session, task) if options.manager else 0 for session, task in runs]
+        limits = [manager_tokens(session, task, options) if options.manager else 0 for session, task in runs]
         chains = await run_chains(runs, options, seed=self.config.seed)
         outcomes = []
         for (session, task), chain, max_tokens in zip(runs, chains, limits, strict=True):
-            session.citations = chain.citations
-            summary = quoted(chain.cu, chain.citations) if options.cite else chain.cu
-            answer = await manage(session, task, summary, max_tokens) if options.manager else chain.cu
+            if task.kind.needs_query or uses_evidence(options, task):  # the evidence the answer is checked against
+                session.citations = chain.citations
+            answer = await manage(session, task, chain, max_tokens, options) if options.manager else chain.cu
             outcomes.append((answer, {
+                "cu": "evidence" if uses_evidence(options, task) else "paper",
                 "max_cu_tokens": cu_limit(session),
                 "chunk_tokens": chain.budget,
                 "rechunks": chain.rechunks,
@@ -91,6 +105,7 @@ class ChainOfAgents(Strategy):
                 "skipped_chunks": chain.skipped,
                 "early_exit_saved": chain.saved,
                 "stopped_at_limit": chain.limited,
+                "evidence_dropped": chain.dropped,
             }))
         return outcomes
 
@@ -99,8 +114,19 @@ def cu_limit(session: Session) -> int:
     return session.config.cu_limit(session.window)
 
 
+def reply_tokens(session: Session) -> int:
+    """An evidence worker's generation limit: a few sentences, never more than the CU holds."""
+    return min(evidence.REPLY_TOKENS, cu_limit(session))
+
+
+def uses_evidence(options: ChainOptions, task: Task) -> bool:
+    """The evidence CU needs a question to look for evidence of; summaries without one and code
+    completion keep the paper's written CU."""
+    return options.cu == "evidence" and bool((task.query or "").strip()) and task.kind is not Kind.CODE
+
+
 def grounding_for(options: ChainOptions, task: Task) -> bool:
-    return options.grounding if options.grounding is not None else task.kind.needs_query
+    return bool(options.grounding) and task.kind.needs_query
 
 
 def worker_messages(session: Session, task: Task, chunk: str, previous: str, index: int, total: int) -> Messages:
@@ -109,8 +135,16 @@ def worker_messages(session: Session, task: Task, chunk: str, previous: str, ind
     )
 
 
-def chunk_budget(session: Session, task: Task) -> int:
+def evidence_messages(session: Session, task: Task, chunk: str, found: str) -> Messages:
+    return session.prompt("coa", "evidence-worker").render(
+        chunk=chunk, evidence=found, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind)
+    )
+
+
+def chunk_budget(session: Session, task: Task, options: ChainOptions) -> int:
     limit = cu_limit(session)
+    if uses_evidence(options, task):  # the evidence so far in, a few sentences out
+        return session.budget(evidence_messages(session, task, "", "x"), limit + reply_tokens(session), "worker")
     # A one-character CU stands in for the real one, so that its fence's tags are counted too.
     return session.budget(worker_messages(session, task, "", "x", 1, 1), 2 * limit, "worker")  # CU in + CU out
 
@@ -143,9 +177,14 @@ def ordered(chunks: list[Chunk], order: str, seed: int) -> list[Chunk]:
 
 def quoted(cu: str, citations: list[Citation]) -> str:
     """The CU for the manager with each quote's place in the document: "[chars 120-164] ..."."""
-    places = {c.text: c for c in citations}
+    places = {c.line.strip(): c for c in citations}
     return "\n".join(f"[chars {c.start}-{c.end}] {line}" if (c := places.get(line.strip())) else line
                      for line in cu.splitlines())
+
+
+def asked(task: Task) -> str:
+    """The question with its options: what evidence and relevance are measured against."""
+    return " ".join([query_text(task), *task.choices])
 
 
 async def run_chain(
@@ -174,11 +213,9 @@ async def run_chains(
     system text and the chunk, so a backend that keeps the prompt prefix it last evaluated
     (llama.cpp does, in-process and per server slot) reads each chunk once for all the questions."""
     session, task = runs[0]
-    limit = cu_limit(session)
-    budget = min(chunk_budget(s, t) for s, t in runs)  # the longest question sets the chunks for all
+    budget = min(chunk_budget(s, t, options) for s, t in runs)  # the longest question sets the chunks for all
     budget = min(budget, options.chunk_tokens or budget)
     chains = [Chain(budget=budget) for _ in runs]
-    asked = [" ".join([query_text(t), *t.choices]) if grounding_for(options, t) else None for _, t in runs]
     read: list[list[tuple[int, int]]] = [[] for _ in runs]  # spans each chain has read: an overflow re-splits mid-step
     chunks, skipped = reading(session.chunks(task, budget), options, task, seed or 0)
     for chain in chains:
@@ -198,21 +235,19 @@ async def run_chains(
             queue.extendleft(reversed(session.chunks(task, budget, within=chunk)))
             continue
         total = done + len(queue) + 1
-        ahead = asyncio.create_task(prefetch(session, task, queue[0], done + 2, total)) if options.prefetch and queue else None
+        ahead = asyncio.create_task(prefetch(session, task, queue[0], done + 2, total, options)) if options.prefetch and queue else None
         try:
-            for (s, t), chain, spans, question in zip(runs, chains, read, asked, strict=True):
+            for (s, t), chain, spans in zip(runs, chains, read, strict=True):
                 if chain.limited or any(a <= chunk.start and chunk.end <= b for a, b in spans):
                     continue
                 if chain.stopped:
                     chain.saved += 1
                     continue
                 s.plan("worker", total)
-                previous = truncate_to_tokens(s.model, chain.cu, limit)
-                messages = worker_messages(s, t, chunk.text, previous, done + 1, total)
-                passes = partial(pass_on, previous=previous, chunk=chunk.text, question=question, guard=options.guard)
+                step = evidence_step if uses_evidence(options, t) else paper_step
                 try:
-                    call = await s.call("worker", done, messages, limit, span=chunk.span, temperature=temperature,
-                                        seed=seed, path=path, then=passes)
+                    call = await step(s, t, chain, chunk, options, done, total, seed=seed, temperature=temperature,
+                                      path=path)
                 except LimitError as e:
                     if not spans or not options.manager:  # nothing read yet, or no manager to answer
                         raise
@@ -221,10 +256,8 @@ async def run_chains(
                     continue
                 cu = call.cu or ""
                 if options.early_exit and t.kind.needs_query:
-                    chain.unchanged = chain.unchanged + 1 if same(cu, previous) and bears_on(cu, query_text(t)) else 0
+                    chain.unchanged = chain.unchanged + 1 if same(cu, chain.cu) and bears_on(cu, query_text(t)) else 0
                     chain.stopped = chain.unchanged >= options.early_exit
-                if question is not None:
-                    chain.citations = cite(cu, chunk.text, chunk.start, chain.citations, done, question)
                 chain.cu = cu
                 spans.append((chunk.start, chunk.end))
         except ContextOverflowError:
@@ -244,12 +277,64 @@ async def run_chains(
     return chains
 
 
-async def prefetch(session: Session, task: Task, chunk: Chunk, position: int, total: int) -> None:
+async def paper_step(session: Session, task: Task, chain: Chain, chunk: Chunk, options: ChainOptions, done: int,
+                     total: int, **call_settings) -> Call:
+    """A worker that writes the CU: it reads the chunk and the previous CU and writes the next."""
+    limit = cu_limit(session)
+    previous = truncate_to_tokens(session.model, chain.cu, limit)
+    messages = worker_messages(session, task, chunk.text, previous, done + 1, total)
+    question = asked(task) if grounding_for(options, task) else None
+    passes = partial(pass_on, previous=previous, chunk=chunk.text, question=question, guard=bool(options.guard))
+    call = await session.call("worker", done, messages, limit, span=chunk.span, then=passes, **call_settings)
+    if task.kind.needs_query or (task.query or "").strip():  # the CU's lines the document holds are its citations
+        chain.citations = cite(call.cu or "", chunk.text, chunk.start, chain.citations, done, asked(task))
+    return call
+
+
+async def evidence_step(session: Session, task: Task, chain: Chain, chunk: Chunk, options: ChainOptions, done: int,
+                        total: int, **call_settings) -> Call:
+    """A worker that writes what its chunk adds for the question; what the chunk grounds joins the
+    evidence (copies in the document's words), and the least related lines leave a CU that outgrows
+    its limit."""
+    limit, question = cu_limit(session), asked(task)
+    messages = evidence_messages(session, task, chunk.text, evidence.render(chain.citations))
+
+    def passes(call: Call) -> None:
+        new, unsupported = evidence.gather(unfence(call.output), task.document, chunk.start, chunk.end, question, done,
+                                           chain.citations)
+        taken = {(c.start, c.end) for c in [*chain.citations, *new]}
+        matched: list[Citation] = []
+        for _ in range(2):  # twice: both hops of a question may lie in one chunk
+            known = [*chain.citations, *new, *matched]
+            matched += [c for c in evidence.related(task.document, chunk.start, chunk.end, question, known, done)
+                        if (c.start, c.end) not in taken and not taken.add((c.start, c.end))]
+        new += matched
+        kept, dropped = evidence.fit([*chain.citations, *new], limit, session.tokens, question)
+        chain.citations, chain.dropped = kept, chain.dropped + dropped
+        call.cu = evidence.render(kept)
+        notes = [f"{len(new)} line(s) added" if new else "nothing new"]
+        if matched:
+            notes.append(f"{len(matched)} of them by their words")
+        if unsupported:
+            notes.append(f"{unsupported} sentence(s) the chunk does not hold dropped")
+        if dropped:
+            notes.append(f"CU full: {dropped} least related line(s) dropped")
+        call.note = "; ".join(notes)
+
+    return await session.call("worker", done, messages, reply_tokens(session), span=chunk.span, then=passes,
+                              **call_settings)
+
+
+async def prefetch(session: Session, task: Task, chunk: Chunk, position: int, total: int,
+                   options: ChainOptions) -> None:
     """Evaluate the part of `chunk`'s worker prompt (the worker at `position`) before the CU (the system
     text, the chunk and, for QA, the question) into a free slot, while the current worker runs.
     The part is found as what two renderings with different CUs share."""
     index = len([c for c in session.calls if c.role == "prefetch"])
-    with_none, with_cu = (worker_messages(session, task, chunk.text, cu, position, total) for cu in ("", "x"))
+    if uses_evidence(options, task):
+        with_none, with_cu = (evidence_messages(session, task, chunk.text, cu) for cu in ("", "x"))
+    else:
+        with_none, with_cu = (worker_messages(session, task, chunk.text, cu, position, total) for cu in ("", "x"))
     shared = os.path.commonprefix([with_none[-1]["content"], with_cu[-1]["content"]])
     if shared:
         await session.prefill("prefetch", index, [*with_none[:-1], {**with_none[-1], "content": shared}])
@@ -274,25 +359,55 @@ def next_cu(output: str, previous: str, chunk: str, asked: str | None, *, guard:
     return output, None
 
 
-def manager_messages(session: Session, task: Task, summary: str) -> Messages:
-    return session.prompt("coa", "manager", task.kind).render(
-        summary=summary, query=query_text(task), choices=task.lettered_choices, requirement=session.format(task).requirement
+def manager_messages(session: Session, task: Task, summary: str, options: ChainOptions | None = None) -> Messages:
+    role = "evidence-manager" if options is not None and uses_evidence(options, task) else "manager"
+    return session.prompt("coa", role, task.kind).render(
+        summary=summary, query=query_text(task), choices=task.lettered_choices, requirement=session.format(task).requirement,
+        kind=str(task.kind),
     )
 
 
-def manager_tokens(session: Session, task: Task) -> int:
+def manager_tokens(session: Session, task: Task, options: ChainOptions | None = None) -> int:
     """The manager's generation limit; checked before any worker runs, so a window too small fails fast."""
-    return session.answer_limit(manager_messages(session, task, ""), task, reserve=cu_limit(session))
+    return session.answer_limit(manager_messages(session, task, "", options), task, reserve=cu_limit(session))
+
+
+def summary_for(session: Session, task: Task, chain: Chain, options: ChainOptions) -> str:
+    """What the manager reads: the evidence, or the paper's CU (with the quotes' places if `cite`)."""
+    if uses_evidence(options, task):
+        return evidence.render(chain.citations)
+    summary = quoted(chain.cu, chain.citations) if options.cite else chain.cu
+    return truncate_to_tokens(session.model, summary, cu_limit(session))
+
+
+def read(call: Call, *, summary: str) -> None:
+    call.cu = summary  # the trace says which lines reached the manager
 
 
 async def manage(
-    session: Session, task: Task, cu: str, max_tokens: int, *,
+    session: Session, task: Task, chain: Chain, max_tokens: int, options: ChainOptions, *,
     seed: int | None = None, temperature: float | None = None, path: int | None = None,
 ) -> str:
-    """The manager's answer from the last CU, the query and the task requirement."""
-    summary = truncate_to_tokens(session.model, cu, cu_limit(session))
+    """The manager's answer from the last CU, the query and the task requirement. A server that
+    refuses the prompt as too long gets it again with the CU's least related lines left out, so the
+    workers' calls are not lost to the last one."""
+    summary = summary_for(session, task, chain, options)
     session.plan("manager", 1)
-    messages = manager_messages(session, task, summary)
-    call = await session.call("manager", 0, messages, max_tokens, seed=seed, temperature=temperature, path=path,
-                              final=True)
-    return call.output
+    for shrinks in range(MAX_SHRINKS + 1):
+        messages = manager_messages(session, task, summary, options)
+        try:
+            call = await session.call("manager", shrinks, messages, max_tokens, seed=seed, temperature=temperature,
+                                      path=path, then=partial(read, summary=summary), final=True)
+        except ContextOverflowError:
+            lines = summary.splitlines()
+            if shrinks == MAX_SHRINKS or not summary.strip():
+                raise
+            summary = "\n".join(evidence.shrink(lines, asked(task)))
+            if uses_evidence(options, task):  # citations stay the lines the manager read
+                shown = set(summary.splitlines())
+                session.citations = [c for c in chain.citations if c.line in shown]
+            session.warnings.append(f"the server refused the manager's prompt as too long; its CU was shrunk to "
+                                    f"{session.tokens(summary):,} tokens, the lines least related to the question left out")
+            continue
+        return call.output
+    raise AssertionError("unreachable")

@@ -12,7 +12,7 @@ from coa.answers import majority, vote_key
 from coa.strategies.base import Session, Strategy, fit_notes, query_text, register
 from coa.strategies.chain import ChainOptions, manage, manager_tokens, run_chain
 from coa.strategies.options import Options
-from coa.task import Task
+from coa.task import Citation, Task
 
 MAX_PATHS = 16  # each path is a whole chain over the document: more is a typo, not a plan
 
@@ -23,6 +23,7 @@ class MultipathOptions(Options):
     n: int = Field(5, ge=1, le=MAX_PATHS, description="chains for perm and sample")
     combine: Literal["judge", "vote"] = Field("judge", description="a judge call reads the answers, or a majority vote")
     sample_temperature: FiniteFloat = Field(0.7, ge=0, description="temperature of the sampled chains")
+    cu: Literal["evidence", "paper"] = Field("evidence", description="as coa's cu")
     guard: bool = Field(True, description="as coa's guard")
     grounding: bool | None = Field(None, description="as coa's grounding")
 
@@ -36,7 +37,7 @@ class Multipath(Strategy):
     async def solve(self, session: Session, task: Task):
         o: MultipathOptions = self.options
         seed = self.config.seed or 0
-        chain = lambda order: ChainOptions(order=order, guard=o.guard, grounding=o.grounding)  # noqa: E731
+        chain = lambda order: ChainOptions(cu=o.cu, order=order, guard=o.guard, grounding=o.grounding)  # noqa: E731
         Plan = list[tuple[ChainOptions, float | None, int]]  # (chain options, temperature, seed) per path
         choices: dict[str, Plan] = {
             "bidir": [(chain("ltr"), None, seed), (chain("rtl"), None, seed)],
@@ -44,7 +45,7 @@ class Multipath(Strategy):
             "sample": [(chain("ltr"), o.sample_temperature, seed + i) for i in range(o.n)],
         }
         plans = choices[o.paths]
-        max_tokens = manager_tokens(session, task)
+        max_tokens = manager_tokens(session, task, chain("ltr"))
 
         def judge_messages(shown: list[str]):
             return session.prompt("multipath", "judge").render(
@@ -56,11 +57,16 @@ class Multipath(Strategy):
             room, limit = session.split_room(judge_messages([""] * len(plans)), task, "judge")
 
         async def path(i: int, options: ChainOptions, temperature: float | None, path_seed: int) -> str:
-            chain = await run_chain(session, task, options, seed=path_seed, temperature=temperature, path=i)
-            answer = await manage(session, task, chain.cu, max_tokens, seed=path_seed, temperature=temperature, path=i)
+            found = await run_chain(session, task, options, seed=path_seed, temperature=temperature, path=i)
+            answer = await manage(session, task, found, max_tokens, options, seed=path_seed, temperature=temperature,
+                                  path=i)
+            cited.extend(found.citations)
             return answer.strip()
 
+        cited: list[Citation] = []
         answers = list(await asyncio.gather(*(path(i, *plan) for i, plan in enumerate(plans))))
+        # Every path's evidence, once each: the answer is checked against all of it.
+        session.citations = list({(c.start, c.end, c.line): c for c in cited}.values())
         settings = {"answers": answers}
         if o.combine == "vote":
             return majority(answers, [vote_key(task.kind, a, len(task.choices)) for a in answers]), settings

@@ -8,7 +8,7 @@ import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from coa.errors import ConfigError
@@ -41,6 +41,18 @@ class Options(BaseModel):
 
 class NoOptions(Options):
     pass
+
+
+def Place(default: str = "", *, description: str) -> Any:  # noqa: N802  (a Field, named as one)
+    """An option that names where a run connects or what it reads (a URL, a host, a file, a
+    directory). The operator sets it; `coa serve` refuses it from a client (see `places`)."""
+    return Field(default, description=description, json_schema_extra={"place": True})
+
+
+def places(strategy: Strategy | type[Strategy]) -> set[str]:
+    """The strategy's options that name a place (declared with `Place`)."""
+    return {name for name, field in strategy.Options.model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("place")}
 
 
 def parse_options(strategy: Strategy | type[Strategy], given: Mapping[str, Any]) -> Options:

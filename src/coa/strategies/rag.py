@@ -12,7 +12,7 @@ from pydantic import Field
 from coa.errors import ConfigError
 from coa.models.base import Model
 from coa.strategies.base import Session, Strategy, answer_messages, query_text, register
-from coa.strategies.options import Options
+from coa.strategies.options import Options, Place
 from coa.task import Kind, Task
 
 PSEUDO_QUERY = "What is the summary of the whole text?"  # the paper's query for query-less tasks
@@ -23,7 +23,8 @@ class RagOptions(Options):
     retriever: Literal["bm25", "dense"] = Field("bm25", description="BM25, or embeddings from embed_model")
     chunk_words: int = Field(300, ge=1, description="words per passage")
     embed_model: str = Field("", description="dense: the embedding model's name on an OpenAI-compatible server")
-    embed_url: str = Field("", description="dense: that server's base URL (default: the chat model's server and key)")
+    embed_url: str = Place(description="dense: that server's base URL, with the key --embed-api-key "
+                           "(default: the chat model's server and key)")
 
 
 @register
@@ -63,7 +64,7 @@ async def retrieve(session: Session, task: Task, room: int, options: RagOptions)
     passages = word_passages(task.document, options.chunk_words)
     query = task.query or (query_text(task) if task.kind is Kind.CODE else PSEUDO_QUERY)
     if options.retriever == "dense":
-        scores = await dense_scores(passages, query, options, session.model)
+        scores = await dense_scores(passages, query, options, session.model, session.config.embed_api_key)
     else:
         scores = bm25_scores(passages, query)
     chosen, used = [], 0
@@ -93,7 +94,8 @@ def bm25_scores(passages: list[str], query: str) -> list[float]:
     return index.get_scores(terms).tolist() if terms else [0.0] * len(passages)
 
 
-async def dense_scores(passages: list[str], query: str, options: RagOptions, model: Model) -> list[float]:
+async def dense_scores(passages: list[str], query: str, options: RagOptions, model: Model,
+                       embed_key: str | None = None) -> list[float]:
     import asyncio
 
     from coa.models.openai import OpenAIModel
@@ -101,7 +103,8 @@ async def dense_scores(passages: list[str], query: str, options: RagOptions, mod
     if not options.embed_model:
         raise ConfigError("dense retrieval needs --opt embed_model=NAME")
     if options.embed_url:
-        embedder = OpenAIModel(options.embed_model, base_url=options.embed_url)
+        # Its own key only: the chat server's key never goes to another host.
+        embedder = OpenAIModel(options.embed_model, base_url=options.embed_url, api_key=embed_key)
     elif isinstance(model, OpenAIModel):
         embedder = model.with_model(options.embed_model)  # the chat server and key: the passages go nowhere else
     else:

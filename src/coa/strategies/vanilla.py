@@ -14,6 +14,8 @@ from coa.task import Task
 
 class VanillaOptions(Options):
     truncate: Literal["middle", "head", "tail"] = Field("middle", description="the part of an overlong document dropped")
+    window: int | None = Field(None, ge=64, description="this strategy's own window (auto: the run's), e.g. one that "
+                               "holds the whole document: the full-context anchor beside short-window strategies")
 
 
 @register

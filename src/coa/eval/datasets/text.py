@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from itertools import accumulate
 
@@ -26,9 +28,11 @@ def take_tokens(text: str, tokens: int, count: Callable[[str], int], *, keep: st
 
 
 def sentence_boundary(text: str, fraction: float) -> int:
-    """The sentence or line start (or an end of the text) nearest to `fraction` of the way through."""
+    """The sentence or paragraph start (or an end of the text) nearest to `fraction` of the way through.
+    Not any line start: hard-wrapped text (the essays) breaks lines inside sentences."""
     target = fraction * len(text)
-    starts = {0, *accumulate(map(len, sentences(text))), *accumulate(map(len, text.splitlines(keepends=True)))}
+    paragraphs = [m.end() for m in re.finditer(r"\n\s*\n", text)]
+    starts = {0, len(text), *accumulate(map(len, sentences(text))), *paragraphs}
     return min(starts, key=lambda s: abs(s - target))
 
 
