@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -24,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from coa.config import Config
@@ -35,6 +36,8 @@ from coa.extras import ensure, require
 from coa.models.base import Model
 from coa.models.urls import redact, scrub
 from coa.strategies import get_strategy
+from coa.strategies.base import Progress
+from coa.task import Call
 
 if TYPE_CHECKING:
     from coa.eval.runner import StrategySpec
@@ -92,18 +95,21 @@ async def run_pair(dataset: str, position: int, example: Example, spec: Strategy
 
 async def run_group(dataset: str, group: Sequence[Pair], model: Model, config: Config) -> list[dict]:
     """One strategy on examples that share a document (`Strategy.arun_many`: CoA reads it once for all),
-    as results rows; a failure is recorded in every row, not raised."""
+    as results rows; a failure is recorded in every row, with the calls that finished, not raised."""
     rows = [blank_row(dataset, *pair) for pair in group]
     spec = group[0][2]
     started = time.perf_counter()
+    calls = _Calls()
     try:
         for row, (_, example, _) in zip(rows, group, strict=True):
             row["document_tokens"] = example.meta.get("tokens") or model.count_tokens(example.task.document)
-        strategy = get_strategy(spec.name)(model, config, options=spec.options)
+        strategy = get_strategy(spec.name)(model, config, observer=calls, options=spec.options)
         results = await strategy.arun_many([example.task for _, example, _ in group])
     except Exception as e:  # a bug or a backend failure must not end a long run
         error = str(e) if isinstance(e, CoaError) else f"{type(e).__name__}: {e}"
-        return [{**row, "error": error, "seconds": time.perf_counter() - started} for row in rows]
+        await calls.stop()
+        return [{**row, **calls.failed(error, [example.id for _, example, _ in group]),
+                 "seconds": time.perf_counter() - started} for row in rows]
     for row, (_, example, _), result in zip(rows, group, results, strict=True):
         row.update(prediction=result.answer, seconds=result.seconds)
         try:  # the answer is kept even where accounting or scoring fails
@@ -116,6 +122,42 @@ async def run_group(dataset: str, group: Sequence[Pair], model: Model, config: C
         except Exception as e:
             row["error"] = f"scoring failed: {type(e).__name__}: {e}"
     return rows
+
+
+class _Calls:
+    """Observer of a group's run that keeps every finished call, so that a failed pair's row keeps the
+    work paid for. The calls of a group's questions cannot be told apart once its run has failed
+    (they share an observer), so each row of a failed group gets them all."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.tasks: set[asyncio.Task] = set()  # those that began a call
+        self.stopped = False
+
+    def __call__(self, event: Progress) -> None:
+        if event.call is not None:
+            self.calls.append(event.call)
+        elif self.stopped:  # a concurrent call of a run that has failed: it would be paid for in vain
+            raise CoaError("the run failed; no more calls")
+        elif (task := asyncio.current_task()) is not None:
+            self.tasks.add(task)
+
+    async def stop(self) -> None:
+        """Refuse further calls and wait for those in flight (a failed call in `asyncio.gather`
+        leaves its siblings running), so that the calls they finish are kept too."""
+        self.stopped = True
+        waiting = [t for t in self.tasks if t is not asyncio.current_task() and not t.done()]
+        if waiting:
+            await asyncio.wait(waiting)
+
+    def failed(self, error: str, examples: list[str]) -> dict[str, Any]:
+        """The columns of a failed row: the error, and the finished calls in its trace and counts."""
+        trace: dict[str, Any] = {"error": error, "calls": [asdict(c) for c in self.calls]}
+        if len(examples) > 1:
+            trace["shared_by"] = examples  # the calls are those of all these questions together
+        return {"error": error, "trace": trace, "calls": len(self.calls),
+                "prompt_tokens": sum(c.prompt_tokens for c in self.calls),
+                "completion_tokens": sum(c.completion_tokens for c in self.calls)}
 
 
 @dataclass
@@ -179,16 +221,18 @@ class RayExecutor:
     attempts: int = 2  # per pair, on fresh actors, once Ray's own retries are spent
 
     def check(self) -> None:
-        """Fail now, in one line, where Ray is not installed or the cluster's port is closed: Ray's
-        own connect waits minutes on an address that does not answer."""
-        ensure("ray", "ray", "--executor ray")
-        host, _, port = (self.address or "").removeprefix("ray://").rpartition(":")
+        """Fail now, in one line, where the cluster's port is closed or Ray is not installed: Ray's
+        own connect retries for minutes on an address that does not answer. The address is
+        --ray-address, else RAY_ADDRESS (which ray.init reads itself)."""
+        given, name = (self.address, "--ray-address") if self.address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+        host, _, port = (given or "").removeprefix("ray://").rpartition(":")
         if host and port.isdigit():
             try:
                 socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
             except OSError as e:
-                raise ConfigError(f"--ray-address {redact(self.address or '')}: cannot connect "
+                raise ConfigError(f"{name} {redact(given or '')}: cannot connect "
                                   f"({e.strerror or type(e).__name__})") from None
+        ensure("ray", "ray", "--executor ray")
 
     def run(self, dataset: str, config: Config, pairs: Sequence[Pair], on_row: OnRow) -> None:
         if not pairs:
@@ -216,7 +260,9 @@ class RayExecutor:
             # Workers' and raylets' logs stay in Ray's session directory: stdout is the command's own.
             ray.init(address=self.address, logging_level="warning", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            where = f"--ray-address {redact(self.address)}" if self.address else "a local Ray"
+            env = os.environ.get("RAY_ADDRESS")
+            where = (f"--ray-address {redact(self.address)}" if self.address else
+                     f"RAY_ADDRESS {redact(env)}" if env else "a local Ray")
             raise ConfigError(f"cannot start or reach {where}: {_one_line(str(e))}") from None
         finally:
             if previous is not None:

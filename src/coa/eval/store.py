@@ -1,7 +1,8 @@
 """Results of an evaluation run, streamed into SQLite as each pair finishes.
 
 One row per (dataset, example, strategy). Each row is committed on its own, so a
-run killed at any moment keeps every finished pair; `--resume` skips them. The file
+run killed at any moment keeps every finished pair; `--resume` skips them, unless the
+row's fingerprint (coa.identity: what produced it) differs from the pair's now. The file
 carries its schema version (coa.sqlite): opening it for writing brings an older store up
 to date, and a store made by a newer coa is refused rather than misread.
 """
@@ -48,12 +49,15 @@ CREATE TABLE results (
 # The schema's history, oldest first (see coa.sqlite): append, never edit a released entry.
 MIGRATIONS = (
     Migration("runs and results", (RUNS, RESULTS)),
+    # NULL in the rows stored before: what produced them is unknown, so a resume runs them again.
+    Migration("a fingerprint on each result", ("ALTER TABLE results ADD COLUMN fingerprint TEXT",)),
 )
 # Stores made before versions were recorded are unstamped and hold version 1's tables.
 UNVERSIONED = 1
 
 COLUMNS = ("dataset", "example", "strategy", "position", "prediction", "refs", "metric", "score", "document_tokens",
-           "calls", "prompt_tokens", "completion_tokens", "seconds", "meta", "trace", "error")
+           "calls", "prompt_tokens", "completion_tokens", "seconds", "meta", "trace", "error", "fingerprint")
+OPTIONAL = ("fingerprint",)  # a row may leave these out (it is then stored as NULL)
 
 
 class Store:
@@ -105,13 +109,31 @@ class Store:
         query = "SELECT example, strategy FROM results WHERE dataset = ?" + ("" if errors else " AND error IS NULL")
         return set(self.db.execute(query, (dataset,)))
 
+    def fingerprints(self, dataset: str) -> dict[tuple[str, str], tuple[str | None, bool]]:
+        """{(example, strategy): (the row's fingerprint, whether it failed)} of the stored pairs."""
+        query = "SELECT example, strategy, fingerprint, error IS NOT NULL FROM results WHERE dataset = ?"
+        return {(e, s): (f, bool(failed)) for e, s, f, failed in self.db.execute(query, (dataset,))}
+
+    def drop(self, dataset: str) -> None:
+        """Forget the dataset's run: its settings and every result."""
+        self.db.execute("BEGIN IMMEDIATE")  # both or neither
+        try:
+            self.db.execute("DELETE FROM results WHERE dataset = ?", (dataset,))
+            self.db.execute("DELETE FROM runs WHERE dataset = ?", (dataset,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
     def forget(self, dataset: str, strategies: Iterable[str]) -> None:
         """Drop the stored pairs of these strategies, so that they run again."""
         self.db.executemany("DELETE FROM results WHERE dataset = ? AND strategy = ?", [(dataset, s) for s in strategies])
 
     def save(self, row: dict[str, Any]) -> None:
-        values = [json.dumps(row[c], ensure_ascii=False) if c in ("refs", "meta", "trace") and row[c] is not None else row[c]
-                  for c in COLUMNS]
+        given = {c: row.get(c) if c in OPTIONAL else row[c] for c in COLUMNS}
+        values = [json.dumps(v, ensure_ascii=False) if c in ("refs", "meta", "trace") and v is not None else v
+                  for c, v in given.items()]
         self.db.execute(f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values)
 
     def rows(self, dataset: str | None = None, *, traces: bool = False) -> list[dict[str, Any]]:
