@@ -146,3 +146,89 @@ def sse_events(text: str) -> list[dict[str, str]]:
         if fields:
             events.append(fields)
     return events
+
+
+@contextmanager
+def running(model, tmp_path: Path, **settings):
+    """`coa serve`'s app (window 512, its store in tmp_path) on a real socket on 127.0.0.1, uvicorn in
+    a thread; yields (base URL, app)."""
+    import uvicorn
+
+    from coa.config import Config
+    from coa.serve.app import create_app
+
+    app = create_app(model, Config(window=512), tmp_path / "serve.sqlite", **settings)
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", app
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class Recorder:
+    """A plain TCP listener on 127.0.0.1 that records every connection and every byte it is sent.
+    `reply(request bytes)` gives the bytes to answer each HTTP request with (None: close at once);
+    each connection carries one request."""
+
+    def __init__(self, reply=None) -> None:
+        self.reply = reply
+        self.connections: list[bytearray] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def seen(self) -> bytes:
+        return b"".join(bytes(c) for c in self.connections)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            received = bytearray()
+            self.connections.append(received)
+            threading.Thread(target=self._serve, args=(connection, received), daemon=True).start()
+
+    def _serve(self, connection: socket.socket, received: bytearray) -> None:
+        with connection:
+            connection.settimeout(10)
+            try:
+                while b"\r\n\r\n" not in received:
+                    piece = connection.recv(65536)
+                    if not piece:
+                        return
+                    received += piece
+                head, _, body = bytes(received).partition(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(body) < length:
+                    piece = connection.recv(65536)
+                    if not piece:
+                        return
+                    received += piece
+                    body += piece
+                answer = self.reply(bytes(received)) if self.reply is not None else None
+                if answer is not None:
+                    connection.sendall(answer)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def http_reply(status: int, body) -> bytes:
+    """A whole HTTP/1.1 reply with a JSON body, closing its connection."""
+    data = json.dumps(body).encode()
+    return (f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n").encode() + data

@@ -19,12 +19,12 @@ REFS = ["4417"]
 FENCED = re.compile(r"<(document-[0-9a-f]+)>\n(.*?)\n</\1>", re.DOTALL)
 
 
-def document() -> str:
+def document(needle: str = NEEDLE) -> str:
     weather = [f"The weather on day {i} was mild and grey." for i in range(80)]
-    return " ".join(weather[:3] + [NEEDLE] + weather[3:])
+    return " ".join(weather[:3] + [needle] + weather[3:])
 
 
-def chain(worker, answer, cu="evidence", kind=Kind.QA, choices=(), **options):
+def chain(worker, answer, cu="evidence", kind=Kind.QA, choices=(), needle=NEEDLE, **options):
     """A coa run whose workers reply `worker(chunk, position)` and whose manager replies `answer(prompt)`."""
     seen = {"workers": 0}
 
@@ -38,7 +38,7 @@ def chain(worker, answer, cu="evidence", kind=Kind.QA, choices=(), **options):
 
     model = ScriptedModel(reply=reply, context_window=400)
     result = ChainOfAgents(model, Config(window=400, max_cu_tokens=40), options={"cu": cu, **options}).run(
-        Task(document(), QUESTION, kind, choices))
+        Task(document(needle), QUESTION, kind, choices))
     assert len(result.workers) >= 3 and result.kind is kind
     return result
 
@@ -78,8 +78,18 @@ def test_a_manager_that_drops_what_its_cu_held_missed_it():
 
 
 def test_a_fact_no_worker_found_was_never_held():
-    result = chain(lambda chunk, i: "none", answers_from)
+    # Put in words the question's do not find (only "Mira" is shared), the fact enters no CU by its words
+    # either (coa.evidence.related), so with workers that find nothing no CU ever holds it.
+    result = chain(lambda chunk, i: "none", answers_from, needle="Mira picked 4417 to open the safe.")
+    assert result.citations == [] and result.answer == "unknown"
     assert audit(trace(result), REFS, "needle") == {"supported": False, "held": False, "lost": False, "missed": False}
+
+
+def test_a_fact_in_the_questions_words_is_held_though_no_worker_copied_it():
+    # The needle holds three of the question's four content words: the evidence CU takes it by its words.
+    result = chain(lambda chunk, i: "none", answers_from)
+    assert [c.line for c in result.citations] == [NEEDLE] and result.answer == "4417"
+    assert audit(trace(result), REFS, "needle") == {"supported": True, "held": True, "lost": False, "missed": False}
 
 
 @pytest.mark.parametrize(("cu", "expected"), [

@@ -53,8 +53,9 @@ class World:
         self.write("prompts-list/tasks.yaml", tasks.replace(
             "requirement: Write only the next line of code, nothing else.", "requirement: [one, two]"))
         self.write("prompts-latin1/tasks.yaml", tasks.encode() + "# caf\xe9\n".encode("latin-1"))
-        self.write("prompts-system/coa/worker-qa.yaml", "system: [not, a, text]\nuser: '{{ chunk }} {{ query }}'\n")
-        self.write("prompts-malformed/coa/worker-qa.yaml", "system: hello\nuser: '{{ chunk '\n")
+        # The evidence worker: the prompt a question's first call loads by default.
+        self.write("prompts-system/coa/evidence-worker.yaml", "system: [not, a, text]\nuser: '{{ chunk }} {{ query }}'\n")
+        self.write("prompts-malformed/coa/evidence-worker.yaml", "system: hello\nuser: '{{ chunk '\n")
 
         self.data = root / "data"
         shutil.copytree(REPO / "tests" / "fixtures" / "data", self.data)
@@ -235,7 +236,7 @@ CASES = [
          "--trace /sys/coa-trace.json: cannot write"),
     Case("ask-prompts-dir-missing", ask(*prompts("nowhere")), "no such directory"),
     Case("ask-prompt-malformed", ask(*prompts("prompts-malformed")), "is malformed"),
-    Case("ask-prompt-system-not-text", ask(*prompts("prompts-system")), "coa/worker-qa.yaml is malformed"),
+    Case("ask-prompt-system-not-text", ask(*prompts("prompts-system")), "coa/evidence-worker.yaml is malformed"),
     Case("ask-max-tokens-zero", ask(*prompts("prompts-zero")), "max_tokens must be a positive whole number, not 0"),
     Case("summarize-max-tokens-negative", lambda w: ["summarize", w.story, *SCRIPTED, "--prompts-dir", w.root / "prompts-negative"],
          "max_tokens must be a positive whole number, not -5"),

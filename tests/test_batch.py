@@ -195,6 +195,22 @@ def no_ray(*args: str) -> subprocess.CompletedProcess:
                                                      {"id": "a", "context": "x", "questions": ["q"]}]),
      "in.jsonl:2: id 'a#0' is used twice"),
     ("empty", lambda t: write_jsonl(t / "in.jsonl", ["", " "]), "in.jsonl: no rows"),
+    ("object id", lambda t: write_jsonl(t / "in.jsonl", [{"context": "x", "input": "q"}, {"id": {}, "context": "x", "input": "q"}]),
+     "in.jsonl:2: 'id' must be a non-empty text or a whole number, not an object"),
+    ("null id", lambda t: write_jsonl(t / "in.jsonl", [{"_id": None, "context": "x", "input": "q"}]),
+     "in.jsonl:1: '_id' must be a non-empty text or a whole number, not null"),
+    ("null answer", lambda t: write_jsonl(t / "in.jsonl", [{"context": "x", "input": "q", "answers": ["a", None]}]),
+     "in.jsonl:1: 'answers' must be a text or a list of texts, not null (entry 2)"),
+    ("null answer of a question", lambda t: write_jsonl(t / "in.jsonl", [{"context": "x", "questions": ["q"], "answers": [[None]]}]),
+     "in.jsonl:1: 'answers[0]' must be a text or a list of texts, not null (entry 1)"),
+    ("NUL", lambda t: write_jsonl(t / "in.jsonl", [{"context": "x y", "input": "q"}, {"context": "x\u0000y", "input": "q"}]),
+     "in.jsonl:2: 'context' holds a NUL character (U+0000)"),
+    ("deep", lambda t: write_jsonl(t / "in.jsonl", ['{"context": "x", "input": "q", "more": ' + "[" * 100_000 + "]" * 100_000 + "}"]),
+     "in.jsonl:1: nested too deeply to read"),
+    ("huge number", lambda t: write_jsonl(t / "in.jsonl", [{"context": "x", "input": "q"}, '{"context": "x", "id": ' + "7" * 5000 + "}"]),
+     "in.jsonl:2: a number of more than 4300 digits"),
+    ("duplicate", lambda t: write_jsonl(t / "in.jsonl", [{"id": 7, "context": "x", "input": "q"}, {"id": "7", "context": "y", "input": "q"}]),
+     "in.jsonl:2: id '7' is used twice"),
 ])
 def test_a_bad_corpus_is_one_line_and_writes_nothing(tmp_path, case, make, message):
     result = run_cli("batch", make(tmp_path), "--out", tmp_path / "run", *SCRIPTED)
@@ -208,11 +224,27 @@ def test_a_bad_corpus_is_one_line_and_writes_nothing(tmp_path, case, make, messa
     (["-s", "coa:order=sideways"], "order"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address goes with --executor ray"),
     (["--executor", "ray", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: cannot connect"),
+    (["--retry-errors"], "--retry-errors goes with --resume"),
+    (["--replace", "--resume"], "--replace drops the stored results and starts over; it does not go with --resume"),
 ])
 def test_bad_settings_are_one_line(tmp_path, corpus, args, message):
     result = run_cli("batch", corpus, "--out", tmp_path / "run", *SCRIPTED, *args)
     err = result.stderr.decode()
     assert result.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["batch", "eval"])
+def test_a_closed_ray_address_port_in_the_environment_is_one_line_at_once(tmp_path, corpus, command, monkeypatch):
+    # Without the check, Ray's own connect retries for minutes, printing its RPC warnings.
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    source = [corpus] if command == "batch" else ["--dataset", f"jsonl:{corpus}"]
+    started = time.monotonic()
+    result = run_cli(command, *source, "--out", tmp_path / "run", *SCRIPTED, "--executor", "ray", timeout=60)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.strip().startswith("error: RAY_ADDRESS 127.0.0.1:1: cannot connect (")
+    assert time.monotonic() - started < 30 and not (tmp_path / "run" / "results.sqlite").exists()
 
 
 @pytest.mark.parametrize("command", ["batch", "eval"])

@@ -28,12 +28,20 @@ def user_text(messages):
     return messages[-1]["content"]
 
 
+FENCED = re.compile(r"<(document-[0-9a-f]+)>\n(.*?)\n</\1>", re.DOTALL)
+
+
+def chunk_text(messages):
+    """The chunk a worker prompt shows: what lies inside its document fence (not the previous CU,
+    which the paper's prompt puts between the chunk and the question)."""
+    return FENCED.search(user_text(messages)).group(2)
+
+
 def sentences_read(model):
     """The numbers of the document's sentences, in the order the workers read them."""
     numbers = []
     for messages in worker_prompts(model):
-        chunk = user_text(messages).split("\n\nQuestion:")[0]
-        numbers += [int(word) for word in chunk.split() if word.isdigit()][::2]
+        numbers += [int(word) for word in chunk_text(messages).split() if word.isdigit()][::2]
     return numbers
 
 
@@ -101,8 +109,8 @@ def test_workers_read_every_chunk_in_order_once():
 @pytest.mark.parametrize(
     ("kind", "query", "choices", "marker"),
     [
-        (Kind.QA, "Who?", (), "help answer the question"),
-        (Kind.MCQ, "Who?", ("Ann", "Bob"), "help decide between the options"),
+        (Kind.QA, "Who?", (), "keeps the evidence needed to answer the question"),
+        (Kind.MCQ, "Who?", ("Ann", "Bob"), "keeps the evidence needed to decide between the options"),
         (Kind.SUMMARIZE, None, (), "running summary"),
         (Kind.CODE, None, (), "write the next line"),
     ],
@@ -120,6 +128,26 @@ def test_each_task_kind_uses_its_own_prompts(kind, query, choices, marker):
         assert load_prompt("coa", "worker", other).user.render != worker.user.render
     if choices:
         assert "A. Ann" in user_text(model.prompts[0]) and "B. Bob" in user_text(model.prompts[-1])
+    if query:  # a paper worker reads the question and the previous CU ("(none)" for the first)
+        assert f"Question: {query}" in user_text(model.prompts[0]) and "(none)" in user_text(model.prompts[0])
+
+
+@pytest.mark.parametrize(("kind", "choices"), [(Kind.QA, ()), (Kind.MCQ, ("Ann", "Bob"))])
+def test_a_paper_worker_prompt_follows_the_paper(kind, choices):
+    """The paper's worker: the chunk, "Here is the summary of the previous source text: ...", the
+    question, then the instruction to write one summary of both."""
+    model, coa = chain(window=700)
+    coa.run(Task(document(80), "Who?", kind, choices))
+    assert len(worker_prompts(model)) >= 2
+    second = user_text(worker_prompts(model)[1])
+    chunk = FENCED.search(second)
+    previous = second.index("Here is the summary of the previous source text:")
+    cu = second.index("scripted output 1")  # the first worker's CU, fenced
+    question = second.index("Question: Who?")
+    instruction = second.index("Read the source text above and the summary of the previous source text")
+    assert chunk.start() == 0 and chunk.end() < previous < cu < question < instruction
+    assert "write one summary of both" in second[instruction:]
+    assert "Repeat the summary" not in second  # the echo instruction is gone
 
 
 def test_requirement_override_reaches_only_the_manager():
@@ -270,8 +298,10 @@ def test_several_questions_share_one_chunk_major_read_with_the_same_answers(kind
     longest = questions.index(max(questions, key=len))  # its prompt leaves the least room: its chunks are shared
     assert together[longest].answer == alone[longest].answer
     assert [c.messages for c in together[longest].calls] == [c.messages for c in alone[longest].calls]
-    # Chunk-major: the workers of all three questions read chunk i before any reads chunk i+1.
-    chunks = [re.findall(r"Sentence number (\d+)", m[-1]["content"]) for m in model.prompts[:6]]
+    # Chunk-major: the workers of all three questions read chunk i before any reads chunk i+1. Only the
+    # chunk itself counts: the evidence CU of "What happened in event 7?" holds sentence 7 (found by the
+    # question's words) and shows it in that question's later prompts.
+    chunks = [re.findall(r"Sentence number (\d+)", chunk_text(m)) for m in model.prompts[:6]]
     assert chunks[0] == chunks[1] == chunks[2] != chunks[3] == chunks[4] == chunks[5]
     for result in together:
         assert len(result.workers) == len(together[0].workers) > 3 and result.calls[-1].role == "manager"
@@ -316,7 +346,13 @@ def test_prefetch_caches_the_next_workers_prompt_up_to_its_cu(kind, cu):
         cached = prefix[-1]["content"]
         assert full.startswith(cached) and prefix[0] == workers[k + 1][0]
         assert "Sentence number" in cached and result.workers[k].output not in cached  # the chunk, not the CU
-        assert len(cached) > 0.6 * len(full)  # the chunk: most of the prompt
+        # Everything before the CU is cached: the system text and the whole chunk (and, for the evidence
+        # worker, the question); what is left is the CU and what follows it. (Not a share of the prompt: at
+        # this window a chunk is four sentences, the paper's prompt puts the question and its instruction
+        # after the CU, and the evidence CU already holds sentence 7, found by the question's words.)
+        assert FENCED.search(cached).group(0) == FENCED.search(full).group(0)
+        assert (result.workers[k].cu or "(none)") in full[len(cached):]
+        assert ("Question: What happened in event 7?" in cached) == (kind is Kind.QA and cu == "evidence")
     prefetches = [c for c in result.calls if c.role == "prefetch"]
     assert len(prefetches) == len(model.prefilled) and all(c.completion_tokens == 0 for c in prefetches)
     # The same answer and workers as without prefetch.

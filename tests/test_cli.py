@@ -182,14 +182,14 @@ def test_citations_go_to_stderr_beside_the_answer(capsys):
     assert out == "42\n" and err == "cited (chars 10-27): The number is 42.\n"
     _print([result], ["What number?"], as_json=True)
     out, err = capsys.readouterr()
-    assert json.loads(out)["citations"] == [{"text": "The number is 42.", "start": 10, "end": 27, "worker": 1}] and not err
+    assert json.loads(out)["citations"] == [{"text": "The number is 42.", "start": 10, "end": 27, "worker": 1, "line": ""}] and not err
 
 
 def test_max_calls_stops_reading_and_says_so(story):
-    result = run_cli("ask", story, "What happened?", "--model", "scripted", "--window", "256", "--max-calls", "2")
+    result = run_cli("ask", story, "What happened?", "--model", "scripted", "--window", "320", "--max-calls", "2")
     assert result.returncode == 0, result.stderr
     stderr = result.stderr.decode()
     assert "warning: the run stopped at its limit of 2 model calls (max_calls): the answer is from the first 1 of" in stderr
-    refused = run_cli("ask", story, "What happened?", "--model", "scripted", "--window", "256", "--max-calls", "1")
+    refused = run_cli("ask", story, "What happened?", "--model", "scripted", "--window", "320", "--max-calls", "1")
     assert refused.returncode == 2
     assert refused.stderr.decode().strip().splitlines()[-1] == "error: the run stopped at its limit of 1 model calls (max_calls)"

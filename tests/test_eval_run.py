@@ -185,3 +185,73 @@ def test_a_scoring_failure_is_the_pairs_error_and_keeps_its_answer():
     assert row["error"].startswith("scoring failed: ConfigError") and "no-such-metric" in row["error"]
     assert row["score"] is None and row["prediction"] == "in the box"
     assert row["calls"] == 1 and row["trace"]["answer"] == "in the box"  # the work is kept for the report
+
+
+@pytest.mark.parametrize("command", ["eval", "batch"])
+def test_a_failed_pair_keeps_its_finished_calls(tmp_path, command):
+    # Limits of two calls: memagent reads chunk after chunk and stops at the third; mapreduce's map
+    # calls run together, two of them finish and the others are refused.
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"id": "long", "context": " ".join(f"Sentence {i} says the value is {i * 3}." for i in range(400)),
+                                "input": "What is the value of sentence 7?", "answers": ["21"]}) + "\n")
+    run_dir = tmp_path / "run"
+    source = ["--dataset", f"jsonl:{path}", "-s", "memagent,mapreduce"] if command == "eval" else [path, "-s", "memagent,mapreduce"]
+    result = run_cli(command, *source, "--model", "scripted", "--window", "512", "--max-calls", "2", "--out", run_dir)
+    assert result.returncode == 1 and "all 2 pairs failed" in result.stderr.decode()
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        rows = db.execute("SELECT error, calls, prompt_tokens, trace FROM results").fetchall()
+    assert len(rows) == 2
+    for error, calls, prompt_tokens, trace in rows:
+        trace = json.loads(trace)
+        assert error == trace["error"] == "the run stopped at its limit of 2 model calls (max_calls)"
+        assert calls == len(trace["calls"]) == 2 and prompt_tokens == sum(c["prompt_tokens"] for c in trace["calls"]) > 0
+        assert [c["role"] for c in trace["calls"]] == ["worker", "worker"]
+        assert all(c["output"].startswith("scripted output") and c["messages"] for c in trace["calls"])
+    # The report's trace browser shows them.
+    assert run_cli("report", run_dir, "--html").returncode == 0
+    text = (run_dir / "report.html").read_text()
+    pairs = json.loads(text.split('<script id="pairs" type="application/json">')[1].split("</script>")[0])
+    assert sorted((p["strategy"], len(p["calls"]), bool(p["error"])) for p in pairs) == [("mapreduce", 2, True), ("memagent", 2, True)]
+
+
+def test_a_failed_call_keeps_the_calls_in_flight_beside_it_and_starts_few_more():
+    import asyncio
+    import itertools
+
+    from coa.config import Config
+    from coa.errors import ModelError
+    from coa.eval.datasets import Example
+    from coa.eval.runner import StrategySpec, run_pair
+    from coa.models.scripted import ScriptedModel
+    from coa.task import Task
+
+    count = itertools.count()
+
+    def reply(messages):  # the first map call fails at once; the others finish a little later
+        if next(count) == 0:
+            raise ModelError("the server went away")
+        time.sleep(0.5)
+        return "Answer: x"
+
+    document = " ".join(f"Sentence {i} of the long text says {i * 7}." for i in range(600))
+    model = ScriptedModel(reply=reply, context_window=512)
+    example = Example("e", Task(document, "Which number?"), ["42"], "qa_f1")
+    # Two calls at a time: the second runs beside the failing first. The failure takes an iteration
+    # of the event loop to reach the pair, in which a third may begin; none begins after that.
+    row = asyncio.run(run_pair("d", 0, example, StrategySpec.parse("mapreduce"), model,
+                               Config(window=512, max_cu_tokens=64, concurrency=2)))
+    assert row["error"] == "the server went away"
+    assert 2 <= len(model.prompts) <= 3  # of the many chunks' calls
+    assert row["calls"] == len(row["trace"]["calls"]) == len(model.prompts) - 1  # every call that finished
+    assert all(c["output"] == "Answer: x" for c in row["trace"]["calls"])
+
+
+def test_an_unreadable_jsonl_row_is_one_line_naming_it(tmp_path):
+    good = json.dumps({"context": "x y z", "input": "q", "answers": ["a"]})
+    for name, line, message in [("deep", '{"context": "x", "more": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply to read"),
+                                ("huge", '{"context": "x", "answers": [' + "9" * 5000 + "]}", "a number of more than 4300 digits")]:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(f"{good}\n{line}\n")
+        result = run_cli("eval", "--dataset", f"jsonl:{path}", "-s", "vanilla", "--model", "scripted", "--out", tmp_path / name)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and err.strip() == f"error: {path}:2: {message}", err

@@ -1,5 +1,3 @@
-import pytest
-
 from coa.grounding import check_support, cite, content_words, grounded
 from coa.task import Citation, Kind
 

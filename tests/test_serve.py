@@ -10,44 +10,22 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
 
-from coa.config import Config
 from coa.errors import ModelError, UnreachableError
 from coa.models.scripted import ScriptedModel
-from conftest import EXAMPLE_PLAY, JsonHandler, free_port, run_cli, serve, server_process, sse_events
+from conftest import EXAMPLE_PLAY, JsonHandler, free_port, run_cli, running, serve, server_process, sse_events
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 from coa.serve import runs as runs_module  # noqa: E402
-from coa.serve.app import create_app  # noqa: E402
 
 DOCUMENT = " ".join(f"Sentence number {i} tells of event {i} in the story." for i in range(300))
 QUESTION = "What happens in event 7?"
-
-
-@contextmanager
-def running(model, tmp_path: Path, **settings):
-    """The app on a real socket on 127.0.0.1, uvicorn in a thread; yields (base URL, app)."""
-    app = create_app(model, Config(window=512), tmp_path / "serve.sqlite", **settings)
-    listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", app
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def chat_body(**extra):
@@ -56,8 +34,8 @@ def chat_body(**extra):
 
 
 def manager(messages) -> bool:
-    """Whether a prompt is the chain manager's."""
-    return "has been summarized" in messages[-1]["content"]
+    """Whether a prompt is the chain manager's (of the evidence CU or of the paper's)."""
+    return "too long to show" in messages[-1]["content"]
 
 
 def client(base: str, key: str = "none") -> openai.OpenAI:
@@ -195,7 +173,11 @@ def test_an_uploaded_document_serves_a_chat_by_its_id(tmp_path):
         reply = api.chat.completions.create(model="coa/coa", messages=[{"role": "user", "content": QUESTION}],
                                             extra_body={"coa": {"document": uploaded.id, "trace": True}})
         binary = httpx.post(f"{base}/v1/files", files={"file": ("x.bin", b"\x00\x01\x02" * 100)})
-        missing = httpx.post(f"{base}/v1/chat/completions", json=chat_body(coa={"document": "file-nope"}))
+        question_only = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
+        missing = httpx.post(f"{base}/v1/chat/completions", json=chat_body(messages=question_only,
+                                                                           coa={"document": "file-nope"}))
+        # A document in the messages as well as an uploaded one: which to read is not guessed.
+        twice = httpx.post(f"{base}/v1/chat/completions", json=chat_body(coa={"document": uploaded.id}))
         removed = httpx.delete(f"{base}/v1/files/{uploaded.id}")
         gone = httpx.get(f"{base}/v1/files/{uploaded.id}")
     assert uploaded.id.startswith("file-") and uploaded.bytes == len(DOCUMENT.encode())
@@ -203,6 +185,8 @@ def test_an_uploaded_document_serves_a_chat_by_its_id(tmp_path):
     assert len(workers) >= 2 and "Sentence number 299" in workers[-1]["messages"][-1]["content"]
     assert binary.status_code == 400 and "binary" in binary.json()["error"]["message"]
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "coa.document"
+    assert twice.status_code == 400 and twice.json()["error"]["param"] == "coa.document"
+    assert "send the document one way" in twice.json()["error"]["message"]
     assert removed.json()["deleted"] is True and gone.status_code == 404
 
 
@@ -415,6 +399,10 @@ def test_a_run_cut_off_by_a_server_kill_reads_as_failed_after_a_restart(tmp_path
             events = sse_events(httpx.get(f"http://127.0.0.1:{port}/v1/runs/{run_id}/events").text)
     assert run["status"] == "failed" and run["error"]["code"] == "interrupted"
     assert events and events[0]["event"] == "status"  # what happened before the kill is still there
+    # ... and the replay ends as a finished run's does: its last status, then the run.
+    assert [e["event"] for e in events[-2:]] == ["status", "done"]
+    assert json.loads(events[-2]["data"]) == {"status": "failed"}
+    assert json.loads(events[-1]["data"]) == {k: v for k, v in run.items() if k != "result"}
     assert "backend-secret-key" not in store.read_bytes().decode("utf-8", "replace")
 
 

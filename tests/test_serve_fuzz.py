@@ -56,7 +56,7 @@ def reply(messages: list[dict[str, Any]]) -> str:
 def make_app(keys: tuple[str, ...] = ()) -> Any:
     model = ScriptedModel(reply=reply, context_window=WINDOW)
     store = Path(tempfile.mkdtemp(dir=STORE)) / "serve.sqlite"
-    return create_app(model, Config(window=WINDOW), store, api_keys=keys, max_request_bytes=256 * 1024)
+    return create_app(model, Config(window=WINDOW), store, api_keys=keys, max_request_bytes=256 * 1024, docs=True)
 
 
 class Fresh:
@@ -537,3 +537,72 @@ def test_last_event_id_of_superscript_digits():
 
     response = asyncio.run(follow())
     assert response.status_code == 200, (response.status_code, response.text)
+
+
+# -- bodies no parser should choke on: each a 400 in one line, never a 500 ---------------------------
+HOSTILE_BODIES = {
+    "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "objects nested 40,000 deep": b'{"a":' * 40_000 + b"1" + b"}" * 40_000,  # within the size limit
+    "nested in the options": b'{"options": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+    "an integer of 5,000 digits": b'{"seed": ' + b"7" * 5_000 + b', "max_calls": 1}',
+    "NaN": b'{"temperature": NaN}',
+    "a float out of range": b'{"temperature": 1e999}',
+    "not UTF-8": b'{"question": "\xff\xfe"}',
+    "a JSON list": b"[1, 2]",
+    "a JSON string": b'"text"',
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/runs"])
+@pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
+def test_hostile_json_bodies_are_400_in_one_line(path, name):
+    response = asyncio.run(exchange(make_app(), "POST", path, content=HOSTILE_BODIES[name],
+                                    headers={"Content-Type": "application/json"}))
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    assert error_shape(response.json()) is None
+    message = response.json()["error"]["message"]
+    assert "\n" not in message and len(message) < 200, message
+
+
+def test_hostile_json_in_a_form_field_is_400():
+    for text in ("[" * 100_000, "[" * 5_000 + "]" * 5_000, "1" * 5_000):
+        response = asyncio.run(exchange(make_app(), "POST", "/v1/runs", data={"question": "Q?", "options": text},
+                                        files={"file": ("d.txt", DOCUMENT.encode())}))
+        assert response.status_code == 400 and response.json()["error"]["param"] == "options", response.text[:300]
+
+
+# Each field coa reads, with a value of its own JSON type: any other JSON type is refused, naming it.
+TYPED_FIELDS = {"stream": "boolean", "temperature": "number", "seed": "integer", "coa.trace": "boolean",
+                "coa.max_calls": "integer", "coa.window": "integer", "coa.max_total_tokens": "integer",
+                "coa.options": "object", "coa.choices": "array", "coa.strategy": "string", "model": "string",
+                "stream_options.include_usage": "boolean"}
+JSON_VALUES = {"boolean": st.booleans(), "integer": st.integers(-(2**70), 2**70),
+               "number": st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer()),
+               "string": st.text(max_size=8), "array": st.lists(st.integers(), max_size=2),
+               "object": st.dictionaries(st.text(max_size=4), st.integers(), max_size=2), "null": st.none()}
+ACCEPTS = {"boolean": {"boolean"}, "integer": {"integer"}, "number": {"integer", "number"}, "string": {"string"},
+           "array": {"array"}, "object": {"object"}}
+
+
+@st.composite
+def mistyped(draw: st.DrawFn) -> tuple[str, Any]:
+    field = draw(st.sampled_from(sorted(TYPED_FIELDS)))
+    wrong = sorted(set(JSON_VALUES) - ACCEPTS[TYPED_FIELDS[field]] - {"null"})
+    return field, draw(JSON_VALUES[draw(st.sampled_from(wrong))])
+
+
+@given(case=mistyped())
+@SETTINGS
+def test_a_value_of_the_wrong_json_type_is_400_naming_its_field(case):
+    field, value = case
+    body: dict[str, Any] = {"model": "coa/vanilla", "stream": True,
+                            "messages": [{"role": "user", "content": DOCUMENT}, {"role": "user", "content": "Why?"}]}
+    *parents, leaf = field.split(".")
+    target = body
+    for parent in parents:
+        target = target.setdefault(parent, {})
+    target[leaf] = value
+    note(json.dumps(body)[-300:])
+    response = asyncio.run(exchange(make_app(), "POST", "/v1/chat/completions", json=body))
+    assert response.status_code == 400, (field, value, response.status_code, response.text[:300])
+    assert response.json()["error"]["param"] == field, response.text[:300]

@@ -63,7 +63,7 @@ def test_an_old_store_reads_back_as_written(run_dir, read_only):
     store = Store(run_dir, read_only=read_only)
     assert store.datasets() == ["niah"]
     assert store.config("niah") == CONFIG
-    assert without_time(store.rows(traces=True)) == ROWS
+    assert without_time(store.rows(traces=True)) == [{**row, "fingerprint": None} for row in ROWS]
     assert store.finished("niah") == {("niah-0", "coa"), ("niah-0", "vanilla")}
     store.close()
 
@@ -76,6 +76,18 @@ def test_opening_an_old_store_for_writing_stamps_it_current_and_keeps_it_usable(
     assert stamp(run_dir / Store.FILE) == len(MIGRATIONS)
     store = Store(run_dir, read_only=True)
     assert [r["example"] for r in store.rows()] == ["niah-0", "niah-0", "niah-1"]
+    store.close()
+
+
+def test_old_rows_have_no_fingerprint_and_new_ones_keep_theirs(run_dir):
+    store = Store(run_dir)
+    store.save({**ROWS[1], "example": "niah-1", "position": 1, "fingerprint": "ab" * 32})
+    assert store.fingerprints("niah") == {("niah-0", "coa"): (None, False), ("niah-0", "vanilla"): (None, False),
+                                          ("niah-1", "vanilla"): ("ab" * 32, False)}
+    store.save({**ROWS[0], "example": "niah-2", "position": 2, "error": "failed"})  # a row may leave it out
+    assert store.fingerprints("niah")["niah-2", "coa"] == (None, True)
+    store.drop("niah")
+    assert store.datasets() == [] and store.rows() == []
     store.close()
 
 
@@ -120,19 +132,20 @@ def columns(db: sqlite3.Connection) -> list[str]:
 
 def test_migrate_applies_only_what_the_file_lacks(run_dir):
     db = sqlite3.connect(run_dir / Store.FILE, isolation_level=None)
-    migrate(db, [*MIGRATIONS, ADD_NOTE], "store", unversioned=1)  # an unstamped file is version 1: only ADD_NOTE runs
-    assert "note" in columns(db) and db.execute("SELECT count(*) FROM results").fetchone() == (2,)
+    # An unstamped file is version 1: the store's later migrations run, then ADD_NOTE.
+    migrate(db, [*MIGRATIONS, ADD_NOTE], "store", unversioned=1)
+    assert {"fingerprint", "note"} <= set(columns(db)) and db.execute("SELECT count(*) FROM results").fetchone() == (2,)
     migrate(db, [*MIGRATIONS, ADD_NOTE], "store", unversioned=1)  # current: nothing to do
     db.close()
-    assert stamp(run_dir / Store.FILE) == 2
+    assert stamp(run_dir / Store.FILE) == len(MIGRATIONS) + 1
 
 
 def test_a_failed_migration_leaves_the_file_at_its_old_version(run_dir):
     broken = Migration("half done", ("ALTER TABLE results ADD COLUMN note TEXT", "ALTER TABLE nowhere ADD COLUMN x"))
     db = sqlite3.connect(run_dir / Store.FILE, isolation_level=None)
-    with pytest.raises(sqlite3.DatabaseError, match=r"migration 2 \(half done\) failed"):
+    with pytest.raises(sqlite3.DatabaseError, match=rf"migration {len(MIGRATIONS) + 1} \(half done\) failed"):
         migrate(db, [*MIGRATIONS, broken], "store", unversioned=1)
-    assert "note" not in columns(db) and not db.in_transaction
+    assert "note" not in columns(db) and "fingerprint" not in columns(db) and not db.in_transaction
     db.close()
     assert stamp(run_dir / Store.FILE) == 0
 

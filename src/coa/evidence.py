@@ -187,7 +187,8 @@ def fit(evidence: list[Citation], limit: int, count: Callable[[str], int], quest
     words = {id(c): content_words(c.line) for c in kept}
 
     def rank(c: Citation) -> tuple[int, int]:
-        others = set().union(*(words[id(o)] for o in kept if o is not c)) - asked
+        # Only a line about the question holds another up: filler lines share words among themselves.
+        others = set().union(*(words[id(o)] for o in kept if o is not c and words[id(o)] & asked)) - asked
         return (len(words[id(c)] & asked) + len(words[id(c)] & others), c.worker)
 
     dropped = 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from coa.cli import Interrupts, cli, fail, model_options, stderr
+from coa.cli import Interrupts, cli, fail, model_options, prompts_dir_option, stderr
 from coa.errors import CoaError, ConfigError, InputError
 
 
@@ -21,6 +21,20 @@ def executor_options(command):
                      help="Run the pairs in this process, or on Ray workers that each build the model (the [ray] extra)."),
         click.option("--ray-address", metavar="ADDR",
                      help="The Ray cluster to join, e.g. HEAD:6379 [default: RAY_ADDRESS, else a Ray started for the run]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def run_limit_options(command):
+    """Settings of each pair's run: its limits and the prompt files."""
+    options = [
+        click.option("--max-calls", type=click.IntRange(min=1),
+                     help="Each pair makes at most this many model calls (coa answers from what it read by then)."),
+        click.option("--max-total-tokens", type=click.IntRange(min=1),
+                     help="Each pair spends at most this many prompt + completion tokens (likewise)."),
+        prompts_dir_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -46,10 +60,12 @@ def make_executor(executor: str, ray_address: str | None, concurrency: int, spec
 @click.option("--strategies", "-s", default="coa,vanilla,rag", show_default=True,
               help="Comma-separated; options after colons, e.g. coa,coa:order=rtl,vanilla.")
 @model_options
+@run_limit_options
 @click.option("--limit", "-n", type=click.IntRange(min=1), help="Use N examples, spread over the documents.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Pairs in flight at once.")
 @click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
-@click.option("--resume", is_flag=True, help="Continue a run in --out: finished pairs are skipped.")
+@click.option("--resume", is_flag=True,
+              help="Continue a run in --out: finished pairs are skipped, pairs whose example or settings changed run again.")
 @click.option("--retry-errors", is_flag=True, help="With --resume, run failed pairs again.")
 @click.option("--rerun", default="", metavar="STRATEGIES",
               help="Comma-separated strategies of --strategies whose stored pairs are dropped and run again, "
@@ -59,8 +75,9 @@ def make_executor(executor: str, ray_address: str | None, concurrency: int, spec
               help="Where the datasets live [env: COA_DATA_DIR; default: ~/.local/share/chainofagents/data].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
 @executor_options
-def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, window, max_cu_tokens, temperature, timeout, limit, concurrency,
-             out, resume, retry_errors, rerun, seed, data_dir, opts, executor, ray_address) -> None:
+def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, window, max_cu_tokens, temperature, timeout,
+             max_calls, max_total_tokens, prompts_dir, limit, concurrency, out, resume, retry_errors, rerun, seed, data_dir,
+             opts, executor, ray_address) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
     from coa.eval.executors import ModelSpec
     from coa.eval.report import markdown
@@ -74,6 +91,7 @@ def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, windo
         out=out, resume=resume, retry_errors=retry_errors, rerun=comma_list(rerun),
         data_dir=data_dir, options=parse_pairs(opts),
         base_url=base_url, api_key=api_key, embed_api_key=embed_api_key,
+        max_calls=max_calls, max_total_tokens=max_total_tokens, prompts_dir=prompts_dir,
     )
     with Interrupts() as interrupts, store_errors(out):
         try:
@@ -86,6 +104,7 @@ def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, windo
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM; finished pairs are committed one by one: say how to go on
             fail(f"{interrupts.what}; {left_in(out, dataset)}", interrupts.exit_code)
         click.echo(markdown(outcome.store))
+    stderr.print(f"{outcome.summary()}; results in {outcome.store.path}", markup=False, soft_wrap=True)
     if outcome.all_failed:  # a run that produced no result is not a success, though its errors are kept
         fail(f"all {outcome.ran} pairs failed; first error: {outcome.errors[0]}", 1)
 

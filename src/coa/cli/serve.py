@@ -39,6 +39,11 @@ def default_store() -> Path:
               help="Runs in flight per key; more are refused with 429.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="Independent model calls in flight at once within a run.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="A strategy option for every strategy that has it (repeatable); requests' options go over "
+                   "these. Options that name a place (rag's embed_url) are set only so: a request may not.")
+@click.option("--docs", is_flag=True, help="Describe the API at /docs (a page of its own, nothing from a CDN) "
+              "and /openapi.json.")
 @prompts_dir_option
 @click.option("--seed", type=int, help="Sampling seed (a request's `seed` replaces it).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
@@ -46,7 +51,8 @@ def default_store() -> Path:
 @lambda command: model_options(command, key_option="--backend-api-key")
 def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | None, allowed_hosts: tuple[str, ...],
           store: Path | None,
-          max_request_bytes: int, max_concurrent: int, concurrency: int, prompts_dir: Path | None, seed: int | None,
+          max_request_bytes: int, max_concurrent: int, concurrency: int, opts: tuple[str, ...], docs: bool,
+          prompts_dir: Path | None, seed: int | None,
           log_level: str, model: str, base_url: str | None, api_key: str | None, embed_api_key: str | None, window: int, max_cu_tokens: int | None,
           temperature: float, timeout: float) -> None:
     """Serve the strategies over HTTP: OpenAI's chat completions, a job API and a page at /."""
@@ -55,8 +61,16 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
     require("multipart", "serve", "coa serve")  # python-multipart: uploads
     from coa.models.registry import load_model
     from coa.serve.app import create_app
+    from coa.serve.options import operator_options
+    from coa.strategies.options import parse_pairs
 
-    keys = [*api_keys, *read_keys(api_key_file)]
+    # A blank key would match a request that sends none. (An unset or empty COA_API_KEY is no key;
+    # one of spaces alone is a key the operator meant to set, and is refused as blank.)
+    if any(not key.strip() for key in api_keys) or os.environ.get("COA_API_KEY", "x").isspace():
+        raise InputError("--api-key (or COA_API_KEY): an empty or blank key is refused")
+    keys = [key.strip() for key in api_keys] + read_keys(api_key_file)
+    options = parse_pairs(opts)
+    operator_options(options)  # a bad --opt is refused before the model loads
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir, embed_api_key=embed_api_key)
@@ -65,7 +79,7 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
     # 127.0.0.1 cannot reach it.
     names = [*LOOPBACK_NAMES, *allowed_hosts] if is_loopback(host) else list(allowed_hosts) or None
     app = create_app(backend, config, store or default_store(), api_keys=keys, max_request_bytes=max_request_bytes,
-                     max_concurrent=max_concurrent, allowed_hosts=names)
+                     max_concurrent=max_concurrent, allowed_hosts=names, options=options, docs=docs)
     where = f"http://{host if ':' not in host else f'[{host}]'}:{listener.getsockname()[1]}"
     access = f"{len(keys)} API key(s)" if keys else "no API key: open to anyone who can reach it"
     stderr.print(f"coa serve: {where} (model {model}, window {window}; {access})", markup=False, highlight=False)

@@ -20,18 +20,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from coa.config import Config
-from coa.errors import ConfigError, InputError
+from coa.errors import CoaError, ConfigError, InputError
 from coa.eval.datasets import Example, Source, jsonl, load
-from coa.eval.executors import Executor, LocalExecutor
+from coa.eval.executors import Executor, LocalExecutor, Pair
 from coa.eval.executors import run_pair as run_pair  # where it lived before the executors
 from coa.eval.store import Store
+from coa.identity import pair_fingerprint, run_settings
 from coa.models.base import Model
 from coa.strategies import get_strategy
 from coa.strategies.base import parse_options, parse_pairs
 from coa.task import Kind
 
 # Settings that must match for a resumed run to extend the same experiment.
-FIXED = ("model", "window", "max_cu_tokens", "temperature", "seed", "options")
+FIXED = ("model", "window", "max_cu_tokens", "temperature", "seed", "options", "max_calls", "max_total_tokens",
+         "prompts_dir")
 
 
 @dataclass(frozen=True)
@@ -70,17 +72,40 @@ class Evaluation:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     embed_api_key: str | None = field(default=None, repr=False)  # never recorded (see run_config)
+    max_calls: int | None = None  # per pair
+    max_total_tokens: int | None = None  # per pair
+    prompts_dir: Path | None = None
+    # coa batch: the corpus file. Its --out then holds that one corpus: another is refused, unless
+    # `replace`, which drops every batch run stored there and starts over.
+    corpus: Path | None = None
+    replace: bool = False
+
+    def __post_init__(self) -> None:
+        if self.retry_errors and not (self.resume or self.rerun):
+            raise ConfigError("--retry-errors goes with --resume: it runs the failed pairs of a stored run again")
+        if self.replace and (self.resume or self.rerun):
+            raise ConfigError("--replace drops the stored results and starts over; it does not go with --resume")
+
+    def settings(self) -> Config:
+        """The settings every pair runs with."""
+        return Config(window=self.window, max_cu_tokens=self.max_cu_tokens, temperature=self.temperature, seed=self.seed,
+                      max_calls=self.max_calls, max_total_tokens=self.max_total_tokens, prompts_dir=self.prompts_dir,
+                      embed_api_key=self.embed_api_key)
 
 
 def run_config(evaluation: Evaluation) -> dict[str, Any]:
     return {
         "dataset": evaluation.dataset,
+        **({"corpus": str(evaluation.corpus.resolve())} if evaluation.corpus else {}),
         "model": evaluation.model,
         "window": evaluation.window,
         "max_cu_tokens": evaluation.max_cu_tokens,
         "temperature": evaluation.temperature,
         "seed": evaluation.seed,
         "options": evaluation.options,
+        "max_calls": evaluation.max_calls,
+        "max_total_tokens": evaluation.max_total_tokens,
+        "prompts_dir": str(evaluation.prompts_dir.resolve()) if evaluation.prompts_dir else None,
         "limit": evaluation.limit,
         "strategies": evaluation.strategies,
         "version": metadata.version("chainofagents"),
@@ -99,17 +124,39 @@ def git_hash() -> str | None:
 
 
 @dataclass
+class Plan:
+    """What a run is to do, decided (and its settings stored) before any pair runs."""
+
+    evaluation: Evaluation
+    store: Store
+    pending: list[Pair]
+    # (example, strategy) -> fingerprint of every pair of the input under each of the run's strategies
+    # (those stored before too), in the order their answers are written.
+    expected: dict[tuple[str, str], str]
+    total: int  # pairs of the input under this command's strategies
+    changed: int  # of the pending pairs, those stored before from other inputs or settings
+
+
+@dataclass
 class Outcome:
     """What one `evaluate` call did: the store with every result of the run, and the pairs it ran."""
 
     store: Store
     ran: int = 0
     errors: list[str] = field(default_factory=list)  # of the pairs it ran, in the dataset's order
-    skipped: int = 0  # pairs finished by an earlier run of the same store
+    skipped: int = 0  # pairs finished by an earlier run of the same store, from the same inputs
+    changed: int = 0  # pairs it ran again because what they were stored from has changed since
 
     @property
     def all_failed(self) -> bool:
         return self.ran > 0 and len(self.errors) == self.ran
+
+    def summary(self) -> str:
+        """"done 3, failed 0, skipped 2, rerun 1 changed": done and failed count every pair run, the
+        changed ones among them."""
+        failed = len(self.errors)
+        changed = f", rerun {self.changed} changed" if self.changed else ""
+        return f"done {self.ran - failed}, failed {failed}, skipped {self.skipped}{changed}"
 
 
 def evaluate(evaluation: Evaluation, model: Model, *, executor: Executor | None = None,
@@ -126,8 +173,16 @@ def evaluate(evaluation: Evaluation, model: Model, *, executor: Executor | None 
 
 def execute(evaluation: Evaluation, examples: Callable[[], list[Example]], executor: Executor, *,
             console: Console | None = None) -> Outcome:
-    """Run the pending pairs of `examples()`. Settings are stored once the examples have loaded, so a
-    command that fails before then leaves nothing that the corrected command would trip over."""
+    """Run the pending pairs of `examples()`."""
+    return run(plan(evaluation, examples), executor, console=console)
+
+
+def plan(evaluation: Evaluation, examples: Callable[[], list[Example]]) -> Plan:
+    """Check the command against what its --out holds, load the examples, and decide which pairs run:
+    those not stored, those stored from other inputs (their fingerprint differs: see coa.identity),
+    and with retry_errors the failed ones. Settings are stored, and rows dropped, only once the
+    examples have loaded, so a command that fails before then leaves nothing that the corrected
+    command would trip over."""
     specs = [StrategySpec.parse(s) for s in evaluation.strategies]
     if not specs:
         raise ConfigError("give at least one strategy")
@@ -136,51 +191,104 @@ def execute(evaluation: Evaluation, examples: Callable[[], list[Example]], execu
         raise ConfigError(f"--rerun names {', '.join(sorted(unknown))}, which --strategies does not")
     resuming = evaluation.resume or bool(rerun)
     flag = "--resume" if evaluation.resume else "--rerun"
-    if resuming and not (evaluation.out / Store.FILE).is_file():
-        raise ConfigError(f"{flag}: {evaluation.out} holds no run to resume (leave out {flag} to start one)")
-    store = Store(evaluation.out)
+    out, dataset = evaluation.out, evaluation.dataset
+    if resuming and not (out / Store.FILE).is_file():
+        raise ConfigError(f"{flag}: {out} holds no run to resume (leave out {flag} to start one)")
+    store = Store(out)
     config = run_config(evaluation)
-    previous = store.config(evaluation.dataset)
-    if previous is not None and not resuming and store.finished(evaluation.dataset):
-        raise ConfigError(f"{evaluation.out} already holds results for {evaluation.dataset}; use --resume or another --out")
+    others = _other_corpora(store, evaluation)
+    if others and not evaluation.replace:
+        where = others[0][1] or others[0][0]
+        raise ConfigError(f"{out} holds the results of another corpus, {where}; give --replace to drop them "
+                          "and start over, or use another --out")
+    previous = None if evaluation.replace else store.config(dataset)
+    if previous is not None and not resuming and store.finished(dataset):
+        instead = "--resume to go on, --replace to start over" if evaluation.corpus else "--resume"
+        raise ConfigError(f"{out} already holds results for {dataset}; use {instead} or another --out")
     if previous is None and resuming:
-        raise ConfigError(f"{flag}: {evaluation.out} holds no run of {evaluation.dataset} to resume "
-                          f"(leave out {flag} to start one)")
+        raise ConfigError(f"{flag}: {out} holds no run of {dataset} to resume (leave out {flag} to start one)")
     if previous is not None and resuming:
-        changed = [k for k in FIXED if previous.get(k) != config[k]]
-        if changed:
-            raise ConfigError(f"cannot resume {evaluation.out}: {', '.join(changed)} differ from the stored run")
+        differ = [k for k in FIXED if previous.get(k) != config[k]]
+        if differ:
+            raise ConfigError(f"cannot resume {out}: {', '.join(differ)} differ from the stored run")
         config["strategies"] = list(dict.fromkeys(previous["strategies"] + config["strategies"]))
         config["started"] = previous["started"]
         config["git"] = ", ".join(dict.fromkeys(h for h in [*(previous.get("git") or "").split(", "), config["git"]] if h))
     loaded = examples()
-    store.set_config(evaluation.dataset, config)  # only once the data loaded
-    store.forget(evaluation.dataset, rerun)  # likewise: a bad --data-dir drops nothing
-    done = store.finished(evaluation.dataset, errors=not evaluation.retry_errors)
-    pending = [(i, e, s) for i, e in enumerate(loaded) for s in specs if (e.id, s.label) not in done]
-    run_settings = Config(window=evaluation.window, max_cu_tokens=evaluation.max_cu_tokens,
-                          temperature=evaluation.temperature, seed=evaluation.seed,
-                          embed_api_key=evaluation.embed_api_key)
-    rows = _run(pending, evaluation.dataset, run_settings, executor, store, console or Console(stderr=True))
-    return Outcome(store, len(rows), [r["error"] for r in rows if r["error"] is not None],
-                   skipped=len(loaded) * len(specs) - len(pending))
+    if evaluation.replace:
+        for name in dict.fromkeys([*(d for d, _ in others), dataset]):
+            store.drop(name)
+    store.set_config(dataset, config)  # only once the data loaded
+    store.forget(dataset, rerun)  # likewise: a bad --data-dir drops nothing
+    settings = run_settings(evaluation.model, evaluation.settings())
+    stored = store.fingerprints(dataset)
+    labels = {s.label for s in specs}
+    everyone = {label: _spec(label) for label in sorted(set(config["strategies"]) - labels)} | {s.label: s for s in specs}
+    expected = {(e.id, label): pair_fingerprint(e, spec, settings)
+                for e in loaded for label, spec in sorted(everyone.items()) if spec is not None}
+    pending: list[Pair] = []
+    changed = 0
+    for i, example in enumerate(loaded):
+        for spec in specs:
+            key = (example.id, spec.label)
+            if key not in stored:
+                pending.append((i, example, spec))
+            elif stored[key][0] != expected[key]:  # also a row stored before fingerprints (None)
+                pending.append((i, example, spec))
+                changed += 1
+            elif stored[key][1] and evaluation.retry_errors:
+                pending.append((i, example, spec))
+    return Plan(evaluation, store, pending, expected, len(loaded) * len(specs), changed)
 
 
-def _run(pending, dataset: str, config: Config, executor: Executor, store: Store, console: Console) -> list[dict]:
+def run(work: Plan, executor: Executor, *, console: Console | None = None) -> Outcome:
+    """Run the plan's pending pairs; each row is stored, with its fingerprint, the moment it is back."""
+    rows = _run(work, executor, console or Console(stderr=True))
+    return Outcome(work.store, len(rows), [r["error"] for r in rows if r["error"] is not None],
+                   skipped=work.total - len(work.pending), changed=work.changed)
+
+
+def _spec(label: str) -> StrategySpec | None:
+    """A strategy an earlier command of the run gave; None where it no longer parses (a plugin gone)."""
+    try:
+        return StrategySpec.parse(label)
+    except CoaError:
+        return None
+
+
+def _other_corpora(store: Store, evaluation: Evaluation) -> list[tuple[str, str | None]]:
+    """(dataset, corpus path) of the batch runs in the store of another corpus than the evaluation's;
+    none for a run that is not a batch. A corpus is its file's resolved path: the same file with
+    edited rows is the same corpus (its changed rows run again), a file elsewhere is another one. A
+    run stored before paths were recorded is taken to be of the corpus whose file has its name."""
+    if evaluation.corpus is None:
+        return []
+    path = str(evaluation.corpus.resolve())
+    others = []
+    for name in store.datasets():
+        config = store.config(name) or {}
+        if name.startswith("batch:") and (config["corpus"] != path if "corpus" in config else name != evaluation.dataset):
+            others.append((name, config.get("corpus")))
+    return others
+
+
+def _run(work: Plan, executor: Executor, console: Console) -> list[dict]:
     """The rows of the pending pairs, each saved the moment it comes back; in the pairs' order."""
+    dataset, store = work.evaluation.dataset, work.store
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     rows: dict[tuple[str, str], dict] = {}
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(dataset, total=len(pending))
+        bar = progress.add_task(dataset, total=len(work.pending))
 
         def on_row(row: dict) -> None:
+            row["fingerprint"] = work.expected[row["example"], row["strategy"]]
             store.save(row)
             rows[row["example"], row["strategy"]] = row
             progress.advance(bar)
 
-        executor.run(dataset, config, pending, on_row)
-    return [rows[e.id, s.label] for _, e, s in pending if (e.id, s.label) in rows]
+        executor.run(dataset, work.evaluation.settings(), work.pending, on_row)
+    return [rows[e.id, s.label] for _, e, s in work.pending if (e.id, s.label) in rows]
 
 
 # -- coa batch: a corpus of documents and questions, references optional ---------------------
@@ -198,11 +306,11 @@ def read_corpus(path: Path, limit: int | None = None) -> list[Example]:
     for count, (n, row) in enumerate(jsonl.rows(source), 1):
         where = f"{path}:{n}"
         document = jsonl.text_field(row, where, "context", "document", required=True)
-        row_id = str(row.get("_id", row.get("id", n)))
+        row_id = jsonl.row_id(row, where, n)
         questions = row.get("questions")
         if questions is None:
             query = jsonl.text_field(row, where, "input", "question", "query")
-            queries = [(row_id, query, _references(row.get("answers", row.get("answer")), where))]
+            queries = [(row_id, query, jsonl.references(row.get("answers", row.get("answer")), where))]
         else:
             if not (isinstance(questions, list) and questions and all(isinstance(q, str) and q.strip() for q in questions)):
                 raise InputError(f"{where}: 'questions' must be a non-empty list of texts")
@@ -210,11 +318,10 @@ def read_corpus(path: Path, limit: int | None = None) -> list[Example]:
             if answers is not None and not (isinstance(answers, list) and len(answers) == len(questions)):
                 raise InputError(f"{where}: with 'questions', 'answers' must be a list of one entry per question "
                                  f"({len(questions)})")
-            queries = [(f"{row_id}#{k}", q, _references(answers[k] if answers else None, where))
+            queries = [(f"{row_id}#{k}", jsonl.no_nul(q, where, "questions"),
+                        jsonl.references(answers[k] if answers else None, where, f"answers[{k}]"))
                        for k, q in enumerate(questions)]
-        choices = row.get("choices") or []
-        if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
-            raise InputError(f"{where}: 'choices' must be a list of texts")
+        choices = jsonl.choices_field(row, where)
         kind = row.get("kind") or (Kind.MCQ if choices else Kind.QA if queries[0][1] else Kind.SUMMARIZE)
         if kind not in [k.value for k in Kind]:
             raise InputError(f"{where}: unknown kind {kind!r}; use one of: {', '.join(k.value for k in Kind)}")
@@ -234,20 +341,17 @@ def read_corpus(path: Path, limit: int | None = None) -> list[Example]:
     return examples
 
 
-def _references(value: object, where: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        raise InputError(f"{where}: 'answers' must be a text or a list of texts, not {jsonl.json_type(value)}")
-    return [str(a) for a in value] if isinstance(value, list) else [str(value)]
-
-
-def write_answers(store: Store, dataset: str, path: Path) -> None:
-    """Every stored row of `dataset` as JSONL (id, strategy, answer, error), in the corpus's order;
-    written beside and renamed into place, so the file is whole at any moment."""
+def write_answers(work: Plan, path: Path) -> None:
+    """The stored answers to the run's input as JSONL (id, strategy, answer, error), in the corpus's
+    order: every pair of the input (as limited) under each of the run's strategies whose row was
+    produced from the input as it is now; rows of other ids, or of rows since edited, are left out.
+    Written beside and renamed into place, so the file is whole at any moment."""
+    stored = {(row["example"], row["strategy"]): row for row in work.store.rows(work.evaluation.dataset)}
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     with temporary.open("w", encoding="utf-8") as out:
-        for row in store.rows(dataset):
-            out.write(json.dumps({"id": row["example"], "strategy": row["strategy"], "answer": row["prediction"],
-                                  "error": row["error"]}, ensure_ascii=False) + "\n")
+        for key, fingerprint in work.expected.items():
+            row = stored.get(key)
+            if row is not None and row["fingerprint"] == fingerprint:
+                out.write(json.dumps({"id": row["example"], "strategy": row["strategy"], "answer": row["prediction"],
+                                      "error": row["error"]}, ensure_ascii=False) + "\n")
     os.replace(temporary, path)

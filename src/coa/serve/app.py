@@ -25,10 +25,9 @@ from coa.documents import decode_document
 from coa.errors import CoaError
 from coa.models.base import Model
 from coa.serve.errors import ApiError, bad_request, describe_errors, from_coa, handle_errors, not_found
-from coa.serve.guard import BODY_TIMEOUT, Guard
+from coa.serve.guard import BODY_TIMEOUT, Guard, check_keys
 from coa.serve.options import operator_options, request_options
-from coa.serve.protocol import (ChatRequest, RunRequest, make_task, media_type, parse_json, split_conversation,
-                                validated)
+from coa.serve.protocol import ChatRequest, RunRequest, make_task, media_type, parse_json, split_conversation, validated
 from coa.serve.runs import Run, Runner, trace
 from coa.serve.store import ServeStore
 from coa.strategies.base import STRATEGIES, Strategy, get_strategy
@@ -48,6 +47,7 @@ def create_app(model: Model, config: Config, store: Path, *, api_keys: list[str]
     operator's strategy options (`--opt`), each for every strategy that has it; `docs`: serve
     the API's description at /docs and /openapi.json; `body_timeout`: the longest wait, in
     seconds, for the next piece of a request body."""
+    check_keys(api_keys)  # here, at once: the middleware is made at the first request
     preset = operator_options(options or {})  # before anything is opened: a bad --opt is the whole error
     served = ServeStore(store)
     runner = Runner(model, config, served, max_concurrent)

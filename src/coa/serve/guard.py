@@ -27,6 +27,12 @@ HOST = re.compile(r"(?P<name>(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|\[(?P<ipv6>[
 BODY_TIMEOUT = 30.0  # seconds a request body may go without a byte before it is given up on
 
 
+def check_keys(keys: list[str] | tuple[str, ...]) -> None:
+    """Refuse an empty or blank key: compared with what a client without a key sends, it admits anyone."""
+    if any(not key.strip() for key in keys):
+        raise ConfigError("an API key is empty or blank: it would admit anyone who sends no key")
+
+
 def host_name(value: str) -> str | None:
     """The host a Host header names, lower case and without brackets; None if it is not one valid host[:port]."""
     match = HOST.fullmatch(value)
@@ -47,8 +53,7 @@ class Guard:
 
     def __init__(self, app: Any, keys: list[str], max_bytes: int, hosts: list[str] | None,
                  body_timeout: float = BODY_TIMEOUT) -> None:
-        if any(not key.strip() for key in keys):
-            raise ConfigError("an API key is empty or blank: it would admit anyone who sends no key")
+        check_keys(keys)
         self.app = app
         # Keys are kept as digests: every comparison is then of equal lengths, and runs and files
         # belong to a digest, so a key is never stored.

@@ -47,7 +47,9 @@ def request_options(strategy: type[Strategy], given: Mapping[str, Any], operator
     """The options of a request's run: the operator's with the request's over them. Raises the
     API's 400 for a place the request names, and for a bad option (the CLI's message)."""
     own = {name_of(key): value for key, value in given.items()}
-    for key in sorted(k for k in own if k in places(strategy)):
+    placed = sorted(key for key in own if key in places(strategy))
+    if placed:
+        key = placed[0]
         raise bad_request(f"option {key} names a place the server connects to; the operator sets it when starting "
                           f"coa serve (--opt {key}={placeholder(key)})", f"{param}.{key}")
     try:
@@ -57,7 +59,7 @@ def request_options(strategy: type[Strategy], given: Mapping[str, Any], operator
 
 
 def placeholder(key: str) -> str:
-    """What a place option's value is, for the hint: URL, HOST, FILE or DIR."""
+    """What a place option's value is, for the hint: URL, HOST, DIR or PATH."""
     for suffix, shown in (("url", "URL"), ("host", "HOST"), ("dir", "DIR"), ("directory", "DIR")):
         if key.endswith(suffix):
             return shown

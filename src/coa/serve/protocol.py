@@ -91,7 +91,7 @@ def media_type(content_type: str | None, accepted: tuple[str, ...]) -> str:
     """The request's media type, one of `accepted` (parameters such as charset aside), or 415."""
     media = (content_type or "").partition(";")[0].strip().lower()
     if media not in accepted:
-        given = f"Content-Type {media}" if media else "no Content-Type"
+        given = f"Content-Type {media}" if media else "a body without a Content-Type"
         raise ApiError(415, f"{given} is not accepted here: send {' or '.join(accepted)}",
                        code="unsupported_media_type")
     return media

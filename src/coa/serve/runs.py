@@ -16,9 +16,11 @@ from typing import Any
 from coa.config import Config
 from coa.errors import CoaError
 from coa.models.base import Model
+from coa.models.urls import redact
 from coa.serve.errors import ApiError, from_coa, interrupted
 from coa.serve.store import ServeStore
-from coa.strategies.base import Progress, Strategy
+from coa.strategies.base import STRATEGIES, Progress, Strategy
+from coa.strategies.options import places
 from coa.task import Result, Task
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -65,7 +67,7 @@ class Run:
                 "task": str(self.task.kind), "question": self.task.query, "answer": self.answer, "error": self.error,
                 "usage": self.usage}
         if result:
-            view["result"] = self.result.to_dict() if self.result else None
+            view["result"] = trace(self.result) if self.result else None
         return view
 
     async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, str, dict[str, Any]] | None]:
@@ -86,6 +88,18 @@ class Run:
     async def wait(self) -> None:
         async for _ in self.follow(len(self.events)):
             pass
+
+
+def trace(result: Result) -> dict[str, Any]:
+    """A run's trace as clients see it: its settings hold the operator's places (`--opt`), shown
+    without the credentials a URL may carry."""
+    data = result.to_dict()
+    settings = data.get("settings") or {}
+    strategy = next((entry.obj for entry in STRATEGIES.items() if entry.name == result.strategy), None)
+    for key in places(strategy) if strategy is not None else ():
+        if isinstance(settings.get(key), str):
+            settings[key] = redact(settings[key])
+    return data
 
 
 class Runner:
@@ -204,6 +218,7 @@ class Runner:
         if run.stored:
             view = run.view()
             self.store.update_run(run.id, {k: view[k] for k in ("status", "finished_at", "answer", "error", "usage", "result")})
+        self._emit(run, "status", {"status": status})
         self._emit(run, "done", run.view(result=False))
 
     def _emit(self, run: Run, type: str, data: dict[str, Any]) -> None:

@@ -2,9 +2,9 @@
 
 A run's row is written when it is made and at each change of status; its events as they
 happen, so a client that follows a run after it finished (or after a restart) replays them.
-A server that opens the file marks the runs it finds unfinished as failed: they were cut off
-by a stop of the server that ran them, and must read as interrupted, never as lost. One
-server per file.
+A server that opens the file marks the runs it finds unfinished as failed, and records the
+status and `done` events they would have ended with: they were cut off by a stop of the server
+that ran them, and must read as interrupted, never as lost. One server per file.
 """
 
 from __future__ import annotations
@@ -71,8 +71,24 @@ class ServeStore:
         except sqlite3.DatabaseError as e:
             raise InputError(f"--store {path}: not a coa serve store ({e})") from None
         self.db.row_factory = sqlite3.Row
-        self.db.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ? WHERE status IN ('queued', 'running')",
-                        (json.dumps(interrupted().body()["error"]), int(time.time())))
+        self._end_interrupted()
+
+    def _end_interrupted(self) -> None:
+        """Each run left unfinished by the server that ran it ends now, as failed, with the events a
+        finished run ends with (its status, then `done`), so that a replay of its events ends too."""
+        ended = {"status": "failed", "finished_at": int(time.time()), "error": interrupted().body()["error"]}
+        cut = self.db.execute("SELECT id, owner FROM runs WHERE status IN ('queued', 'running')").fetchall()
+        for id, owner in cut:
+            self.db.execute("BEGIN IMMEDIATE")  # the run and its last events together, or neither
+            try:
+                self.update_run(id, ended)
+                seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run = ?", (id,)).fetchone()[0]
+                self.add_event(id, seq + 1, "status", {"status": "failed"})
+                self.add_event(id, seq + 2, "done", self.run(owner, id, result=False) or {})
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     # -- documents -------------------------------------------------------------------------------
     def add_file(self, record: dict[str, Any], text: str) -> None:

@@ -2,7 +2,7 @@
 
 jsonl:PATH rows: `context` (or `document`), `input` (or `question`/`query`, optional),
 `answers` (a list, or `answer`), optional `choices` (a list: multiple choice), `kind`
-(qa, mcq, summarize, code) and `metric`; `_id` or `id` names the row.
+(qa, mcq, summarize, code) and `metric`; `_id` or `id` (a text or a whole number) names the row.
 longbench:PATH rows are LongBench's: `context`, `input`, `answers`, `all_classes`,
 `_id` and `dataset`; the dataset is `--opt name=...`, else each row's `dataset`, else
 the file's name (hotpotqa.jsonl).
@@ -11,6 +11,7 @@ the file's name (hotpotqa.jsonl).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def rows(source: Source) -> Iterator[tuple[int, dict]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+            except RecursionError:
+                raise InputError(f"{path}:{n}: nested too deeply to read") from None
+            except ValueError:  # Python reads no integer of more digits than its limit
+                raise InputError(f"{path}:{n}: a number of more than {sys.get_int_max_str_digits()} digits") from None
             if not isinstance(row, dict):
                 raise InputError(f"{path}:{n}: expected a JSON object, not {json_type(row)}")
             yield n, row
@@ -72,17 +77,56 @@ def text_field(row: dict, where: str, *keys: str, required: bool = False) -> str
         if value is not None and value != "":
             if not isinstance(value, str):
                 raise InputError(f"{where}: {key!r} must be a text, not {json_type(value)}")
-            return value
+            return no_nul(value, where, key)
     if required:
         raise InputError(f"{where}: no {' or '.join(map(repr, keys))} field")
     return None
 
 
+def no_nul(text: str, where: str, key: str) -> str:
+    # A NUL is binary data, not text; C-string backends (llama.cpp) would also cut the text there.
+    if "\x00" in text:
+        raise InputError(f"{where}: {key!r} holds a NUL character (U+0000): binary data, not text")
+    return text
+
+
+def choices_field(row: dict, where: str) -> list[str]:
+    choices = row.get("choices") or []
+    if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+        raise InputError(f"{where}: 'choices' must be a list of texts")
+    return [no_nul(c, where, "choices") for c in choices]
+
+
+def row_id(row: dict, where: str, default: int, keys: tuple[str, ...] = ("_id", "id")) -> str:
+    """The row's id: the first of `keys` it has, a non-empty text or a whole number; else `default`
+    (its line number). Results are stored and written by id, so no other value may stand in."""
+    for key in keys:
+        if key in row:
+            value = row[key]
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+                raise InputError(f"{where}: {key!r} must be a non-empty text or a whole number, not "
+                                 f"{json.dumps(value)[:40] if isinstance(value, str) else json_type(value)}")
+            return str(value)
+    return str(default)
+
+
+def references(value: object, where: str, key: str = "answers") -> list[str]:
+    """Reference answers: a text or a list of texts (numbers are read as their text); none for null."""
+    if value is None:
+        return []
+    answers = value if isinstance(value, list) else [value]
+    for i, answer in enumerate(answers, 1):
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+            entry = f" (entry {i})" if isinstance(value, list) else ""
+            raise InputError(f"{where}: {key!r} must be a text or a list of texts, not {json_type(answer)}{entry}")
+    return [str(a) for a in answers]
+
+
 def _answers(row: dict, where: str) -> list[str]:
-    answers = row.get("answers", row.get("answer", row.get("outputs")))
-    if answers is None:
+    key = next((k for k in ("answers", "answer", "outputs") if k in row), "answers")
+    if row.get(key) is None:
         raise InputError(f"{where}: no 'answers' field (a list of reference answers)")
-    return [str(a) for a in answers] if isinstance(answers, list) else [str(answers)]
+    return references(row[key], where, key)
 
 
 def make_task(where: str, *args) -> Task:
@@ -100,16 +144,14 @@ def jsonl(source: Source) -> Iterator[Example]:
         where = f"{source.argument}:{n}"
         document = text_field(row, where, "context", "document", required=True)
         query = text_field(row, where, "input", "question", "query")
-        choices = row.get("choices") or []
-        if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
-            raise InputError(f"{where}: 'choices' must be a list of texts")
+        choices = choices_field(row, where)
         kind = row.get("kind") or (Kind.MCQ if choices else Kind.QA if query else Kind.SUMMARIZE)
         if kind not in [k.value for k in Kind]:
             raise InputError(f"{where}: unknown kind {kind!r}; use one of: {', '.join(k.value for k in Kind)}")
         metric = row.get("metric") or DEFAULT_METRIC[Kind(kind)]
         if metric not in METRICS:  # found now, not when the first answer is scored
             raise InputError(f"{where}: unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
-        yield Example(id=str(row.get("_id", row.get("id", n))), task=make_task(where, document, query, kind, tuple(choices)),
+        yield Example(id=row_id(row, where, n), task=make_task(where, document, query, kind, tuple(choices)),
                       references=_answers(row, where), metric=metric, meta={})
 
 
@@ -126,5 +168,5 @@ def longbench(source: Source) -> Iterator[Example]:
         if kind is Kind.QA and not query:
             query = requirement
         task = make_task(where, text_field(row, where, "context", required=True), query, kind, (), requirement)
-        yield Example(id=str(row.get("_id", n)), task=task, references=_answers(row, where), metric=metric,
+        yield Example(id=row_id(row, where, n, ("_id",)), task=task, references=_answers(row, where), metric=metric,
                       meta={"dataset": name, "all_classes": row.get("all_classes") or [], "length": row.get("length")})
