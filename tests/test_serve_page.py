@@ -95,7 +95,7 @@ def test_a_run_shows_its_calls_answer_and_trace(tmp_path):
         assert page.locator(".card.done").count() == page.locator(".card").count()
         first = workers.first.inner_text()
         assert f"/{workers.count()}" in first.lower().replace(" ", "")  # "worker 1/N"
-        assert "scripted output" in first  # what the worker passed on
+        assert "Sentence number 7 tells of event 7" in first  # what the worker passed on: the evidence CU
         assert "span" in first and "in" in first and "out" in first
 
         download_button = page.locator("#download")
@@ -219,3 +219,27 @@ def test_an_api_key_is_asked_for_and_sent(tmp_path):
             expect(page.locator("#api-key")).to_have_value("secret")
             wait_for_strategies(page)
             assert page.csp == []
+
+
+def test_citations_are_listed_under_the_answer_and_select_their_span(tmp_path):
+    # A character outside the BMP first: the server counts code points, the text box UTF-16 units.
+    text = "\U0001d11e Overture. " + story_text(60)
+    with coa_server(tmp_path) as base, browser_page(base) as page:
+        wait_for_strategies(page)
+        page.fill("#document", text)
+        page.fill("#question", "What happens in event 7?")
+        page.select_option("#strategy", "coa")
+        page.click("#run")
+        expect(page.locator("#status")).to_have_text("succeeded", timeout=RUN_TIMEOUT_MS)
+        items = page.locator("#citations li")
+        expect(items.first).to_be_visible()
+        cited = items.first.locator(".citation-text").inner_text()
+        assert "event 7" in cited  # the sentence that answers, in the document's words
+        items.first.locator("button").click()
+        selected = page.evaluate("() => { const b = document.getElementById('document');"
+                                 " return b.value.slice(b.selectionStart, b.selectionEnd); }")
+        assert selected == cited
+        assert page.inner_text("#support")  # says whether the answer is supported
+        page.fill("#document", text + " More.")  # the box no longer holds what was cited
+        items.first.locator("button").click()
+        expect(page.locator("#error")).to_contain_text("changed since the run")

@@ -51,7 +51,8 @@ def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key
     Rows are those of `coa eval --dataset jsonl:PATH` (context, input, optional answers,
     choices, kind, metric, id); a row with "questions": [...] is one task per question over
     its document, with ids ID#0, ID#1, ... OUT holds one corpus: OUT/answers.jsonl gets id,
-    strategy, answer and error for every pair of IN.jsonl finished so far."""
+    strategy, answer and error for every pair of IN.jsonl as it is now (its first N rows with
+    --limit) finished so far."""
     from coa.eval.executors import ModelSpec
     from coa.eval.runner import Evaluation, plan, read_corpus, run, write_answers
 

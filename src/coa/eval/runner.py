@@ -152,8 +152,8 @@ class Outcome:
         return self.ran > 0 and len(self.errors) == self.ran
 
     def summary(self) -> str:
-        """"done 3, failed 0, skipped 2, rerun 1 changed": done and failed count every pair run, the
-        changed ones among them."""
+        """The run in a line, e.g. `done 3, failed 0, skipped 2, rerun 1 changed`: done and failed count
+        every pair it ran, the changed ones among them."""
         failed = len(self.errors)
         changed = f", rerun {self.changed} changed" if self.changed else ""
         return f"done {self.ran - failed}, failed {failed}, skipped {self.skipped}{changed}"
@@ -214,13 +214,13 @@ def plan(evaluation: Evaluation, examples: Callable[[], list[Example]]) -> Plan:
         config["strategies"] = list(dict.fromkeys(previous["strategies"] + config["strategies"]))
         config["started"] = previous["started"]
         config["git"] = ", ".join(dict.fromkeys(h for h in [*(previous.get("git") or "").split(", "), config["git"]] if h))
+    settings = run_settings(evaluation.model, evaluation.settings())  # reads the prompt files: before any change
     loaded = examples()
     if evaluation.replace:
         for name in dict.fromkeys([*(d for d, _ in others), dataset]):
             store.drop(name)
     store.set_config(dataset, config)  # only once the data loaded
     store.forget(dataset, rerun)  # likewise: a bad --data-dir drops nothing
-    settings = run_settings(evaluation.model, evaluation.settings())
     stored = store.fingerprints(dataset)
     labels = {s.label for s in specs}
     everyone = {label: _spec(label) for label in sorted(set(config["strategies"]) - labels)} | {s.label: s for s in specs}

@@ -65,7 +65,10 @@ class Run:
         view = {"id": self.id, "object": "coa.run", "created_at": self.created_at, "started_at": self.started_at,
                 "finished_at": self.finished_at, "status": self.status, "strategy": self.strategy,
                 "task": str(self.task.kind), "question": self.task.query, "answer": self.answer, "error": self.error,
-                "usage": self.usage}
+                "usage": self.usage,
+                # The evidence, as offsets into the document the run was given (code points).
+                "citations": [vars(c) for c in self.result.citations] if self.result else [],
+                "supported": self.result.supported if self.result else None}
         if result:
             view["result"] = trace(self.result) if self.result else None
         return view

@@ -305,9 +305,11 @@ async def evidence_step(session: Session, task: Task, chain: Chain, chunk: Chunk
         taken = {(c.start, c.end) for c in [*chain.citations, *new]}
         matched: list[Citation] = []
         for _ in range(2):  # twice: both hops of a question may lie in one chunk
-            known = [*chain.citations, *new, *matched]
-            matched += [c for c in evidence.related(task.document, chunk.start, chunk.end, question, known, done)
-                        if (c.start, c.end) not in taken and not taken.add((c.start, c.end))]
+            for c in evidence.related(task.document, chunk.start, chunk.end, question,
+                                      [*chain.citations, *new, *matched], done):
+                if (c.start, c.end) not in taken:
+                    taken.add((c.start, c.end))
+                    matched.append(c)
         new += matched
         kept, dropped = evidence.fit([*chain.citations, *new], limit, session.tokens, question)
         chain.citations, chain.dropped = kept, chain.dropped + dropped

@@ -27,11 +27,13 @@
   const callsList = $("calls");
   const answerBox = $("answer");
   const usageBox = $("usage");
+  const supportBox = $("support");
+  const citationsList = $("citations");
   const downloadButton = $("download");
 
   let models = [];            // GET /v1/models data
   let keyError = false;       // the error box shows a failure a (new) key may mend: 401, or no strategies
-  let current = null;         // {id, controller, finished}
+  let current = null;         // {id, controller, finished, documentText}
   const cards = new Map();    // "role:index" -> [card elements still running]
 
   // ---- helpers --------------------------------------------------------------------------
@@ -207,6 +209,8 @@
     answerBox.textContent = "";
     answerBox.classList.remove("visible");
     usageBox.textContent = "";
+    supportBox.textContent = "";
+    citationsList.textContent = "";
     runIdBox.textContent = "";
     showError("");
     keyError = false;
@@ -312,11 +316,53 @@
       }
       if (run.error) showError(typeof run.error === "string" ? run.error : run.error.message || JSON.stringify(run.error));
       else if (run.status === "cancelled") showError("The run was cancelled.");
+      showCitations(run.citations || [], run.supported);
       showUsage(run.usage);
     }
     downloadButton.disabled = false;
     runButton.disabled = false;
     cancelButton.hidden = true;
+  }
+
+  // A citation's offsets count code points (Python's str); a textarea counts UTF-16 units.
+  function unitIndex(text, codePoints) {
+    let i = 0;
+    for (let n = 0; n < codePoints && i < text.length; n++) {
+      i += text.codePointAt(i) > 0xffff ? 2 : 1;
+    }
+    return i;
+  }
+
+  function showCitations(citations, supported) {
+    citationsList.textContent = "";
+    supportBox.textContent = supported === true ? "Supported: every word the answer adds to the question is in a citation."
+      : supported === false ? "Not supported: the answer has words that no citation holds."
+      : "";
+    const sent = current ? current.documentText : null;
+    for (const c of citations) {
+      if (typeof c.start !== "number" || typeof c.end !== "number") continue;
+      const item = el("li", "citation");
+      const button = el("button", "citation-link", "chars " + formatNumber(c.start) + "–" + formatNumber(c.end));
+      button.type = "button";
+      button.title = "Select this span in the document";
+      button.addEventListener("click", () => {
+        if (documentBox.value !== sent) {
+          showError("The document was changed since the run: its citations no longer point into it.");
+          return;
+        }
+        const start = unitIndex(sent, c.start);
+        const end = start + unitIndex(sent.slice(start), c.end - c.start);
+        documentBox.focus();
+        documentBox.setSelectionRange(start, end);
+        // Scroll the box so that the selection shows (a textarea does not do it on its own everywhere).
+        const before = sent.slice(0, start).split("\n").length - 1;
+        const lines = sent.split("\n").length;
+        documentBox.scrollTop = Math.max(0, (before / Math.max(1, lines)) * documentBox.scrollHeight - documentBox.clientHeight / 3);
+      });
+      item.appendChild(button);
+      item.appendChild(el("span", "citation-text", c.text));
+      citationsList.appendChild(item);
+    }
   }
 
   function handleEvent(type, data) {
@@ -439,7 +485,7 @@
     const strategy = strategySelect.value || "coa";
     runButton.disabled = true;
     setStatus("starting");
-    const run = {id: null, controller: new AbortController(), finished: false};
+    const run = {id: null, controller: new AbortController(), finished: false, documentText: documentText};
     current = run;
     try {
       const response = await api("/v1/runs", {
