@@ -134,7 +134,7 @@ def test_model_names_are_a_backend_and_what_its_factory_takes():
         load_model("scripted:fast")
     with pytest.raises(ConfigError, match=r"unknown model 'opnai'; did you mean 'openai'\?"):
         load_model("opnai:gpt-4o")
-    assert [form(e.name, e.obj) for e in BACKENDS.items()] == ["embedded", "reader", "gguf:PATH", "openai:NAME", "scripted"]
+    assert [form(e.name, e.obj) for e in BACKENDS.items()] == ["embedded", "gguf:PATH", "openai:NAME", "reader", "scripted"]
 
 
 # -- the plugin package, installed, with the real CLI ---------------------------------------------------
