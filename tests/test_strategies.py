@@ -449,3 +449,13 @@ def test_rag_dense_retrieval_through_an_embeddings_endpoint():
 def test_rag_dense_retrieval_needs_a_model_name():
     with pytest.raises(ConfigError, match="embed_model"):
         run("rag", Task(document(50), "Who?"), retriever="dense")
+
+
+def test_rag_cuts_a_passage_longer_than_the_window_and_says_so():
+    # One "word" of 5,000 tokens (the scripted model counts each "-"): no passage fits, so the best
+    # is cut rather than none read.
+    document = "-" * 5000 + " The code is 4417."
+    model = ScriptedModel(["4417"], context_window=512)
+    result = get_strategy("rag")(model, Config(window=512)).run(Task(document, "What is the code?"))
+    assert "-----" in model.prompts[-1][-1]["content"]
+    assert any("cut to fit" in w for w in result.warnings)

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from coa.errors import ConfigError
-from coa.models.base import Model
+from coa.models.base import Model, truncate_to_tokens
 from coa.strategies.base import Session, Strategy, answer_messages, query_text, register
 from coa.strategies.options import Options, Place
 from coa.task import Kind, Task
@@ -68,11 +68,18 @@ async def retrieve(session: Session, task: Task, room: int, options: RagOptions)
     else:
         scores = bm25_scores(passages, query)
     chosen, used = [], 0
-    for i in sorted(range(len(passages)), key=lambda i: -scores[i]):  # best first; ties in document order
+    ranked = sorted(range(len(passages)), key=lambda i: -scores[i])  # best first; ties in document order
+    for i in ranked:
         tokens = session.tokens(passages[i])
         if used + tokens <= room:
             chosen.append(i)
             used += tokens
+    if not chosen and ranked:  # every passage is longer than the window (a text without spaces): cut the best
+        best = ranked[0]
+        passages[best] = truncate_to_tokens(session.model, passages[best], room)
+        chosen = [best]
+        session.warnings.append(f"retrieval: every passage is longer than the {room:,} tokens the window leaves; "
+                                "the best one was cut to fit")
     return Retrieval(query, passages, sorted(chosen))
 
 
