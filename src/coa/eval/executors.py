@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coa.config import Config
 from coa.errors import CoaError, ConfigError
 from coa.eval import metrics
+from coa.eval.audit import audit
 from coa.eval.datasets import Example
 from coa.extras import ensure, require
 from coa.models.base import Model
@@ -119,6 +120,8 @@ async def run_group(dataset: str, group: Sequence[Pair], model: Model, config: C
             if example.references:  # a corpus without reference answers has nothing to score against
                 context = {"choices": len(example.task.choices) or 4, "all_classes": example.meta.get("all_classes", [])}
                 row["score"] = metrics.score(example.metric, result.answer, example.references, **context)
+                # Right for the right reason: where the evidence was held, lost or missed (coa.eval.audit).
+                row["trace"]["audit"] = audit(row["trace"], example.references, example.metric)
         except Exception as e:
             row["error"] = f"scoring failed: {type(e).__name__}: {e}"
     return rows

@@ -48,7 +48,8 @@ def evidence(rows: list[dict]) -> dict[str, Any]:
     """Right for the right reason, over a strategy's scored rows: the share of checked answers that
     their citations support, the mean score of supported and of unsupported answers, and the chains'
     lost evidence and manager misses (see coa.eval.audit), with the rows they are out of."""
-    audits = [(row, audit(row.get("trace") or {}, row["refs"] or [], row["metric"])) for row in rows]
+    audits = [(row, (row.get("trace") or {}).get("audit") or audit(row.get("trace") or {}, row["refs"] or [], row["metric"]))
+              for row in rows]
     checked = [(row, a) for row, a in audits if a["supported"] is not None]
     held = [a for _, a in audits if a["held"]]
     reached = [a for _, a in audits if a["held"] and not a["lost"]]
