@@ -80,6 +80,14 @@ def test_needle_in_the_middle_comes_back(books, embedded, tmp_path):
         assert call["prompt_tokens"] + call["completion_tokens"] <= 2048
     # The needle sits in a middle chunk, so the chain carried it through later workers.
     assert "BLUE-HARBOR-42" not in workers[0]["cu"] and "BLUE-HARBOR-42" in workers[-1]["cu"]
+    assert_cited_in_the_documents_words(data, path.read_text())
+    assert any("BLUE-HARBOR-42" in c["text"] for c in data["citations"])
+
+
+def assert_cited_in_the_documents_words(data: dict, document: str) -> None:
+    """Every citation's text is the document's own slice at its offsets."""
+    for citation in data["citations"]:
+        assert citation["text"] == document[citation["start"] : citation["end"]], citation
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +111,7 @@ def test_every_strategy_runs_on_the_real_model(strategy, needle_file, embedded):
         # The trace's counts are the model's own: the prompt as its tokenizer reads it.
         assert call["prompt_tokens"] == len(embedded._llm.tokenize(prompt.encode(), add_bos=True, special=True))
         assert 0 < call["completion_tokens"] and call["prompt_tokens"] + call["completion_tokens"] <= 2048
+    assert_cited_in_the_documents_words(data, needle_file.read_text())
     print(f"{strategy}: {data['answer']!r} ({len(data['calls'])} calls)")
 
 
