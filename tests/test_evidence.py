@@ -584,3 +584,25 @@ def test_every_evidence_prompt_fits_the_window():
     run(model, Task(document, QUESTION), window=500, cu_tokens=60)
     for messages, max_tokens in zip(model.prompts, model.max_tokens, strict=True):
         assert count_prompt(model, messages) + max_tokens <= 500
+
+
+def test_related_takes_the_sentence_with_the_questions_rare_word_not_the_many_with_its_common_ones():
+    # "king" and "macbeth" are in many sentences; "title" in one: that one is the evidence.
+    lines = [f"The king spoke with Macbeth on day {d} about the weather." for d in range(8)]
+    lines.insert(5, "The king gave Macbeth the title Thane of Cawdor.")
+    document = " ".join(lines)
+    found = related(document, 0, len(document), "What new title does the king give to Macbeth?", [], 0)
+    assert [c.text for c in found] == ["The king gave Macbeth the title Thane of Cawdor."]
+    assert {"king", "macbeth"} <= common_words(document) and "titl" not in common_words(document)
+
+
+def test_related_gives_at_most_a_few_sentences_per_chunk():
+    document = " ".join(f"The vault code of room {r} that Mira chose is {4000 + r}." for r in range(10))
+    assert len(related(document, 0, len(document), QUESTION, [], 0)) <= 3
+
+
+def test_fit_keeps_the_lines_a_worker_chose_over_lines_found_only_by_their_words():
+    chosen = cited("Mira said the code she chose opens the vault.", 0, 0)
+    matched = [cited(f"The vault code that Mira chose for room {r} is 44{r}.", 100 * (r + 1), 1) for r in range(3)]
+    kept, dropped = fit([chosen, *matched], 30, words, QUESTION, {(chosen.start, chosen.end)})
+    assert chosen in kept and dropped >= 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import lru_cache
 
 from rapidfuzz import fuzz
@@ -27,6 +27,7 @@ from coa.task import Citation
 
 MAX_UNIT_CHARS = 600  # a longer sentence (a transcript turn, a run-on line) is split at line breaks or spaces
 MIN_UNIT_CHARS = 24  # a shorter one (a speaker's name, a stage direction) joins the sentence after it
+MAX_MATCHED = 3  # sentences a chunk gives by their words, of each kind (question words, bridges)
 MAX_BRIDGE_SENTENCES = 3  # a word in more sentences of the document than this is too common to link two facts
 REPLY_TOKENS = 96  # a worker's reply: a few sentences, or "none"
 
@@ -152,22 +153,31 @@ def relevance(question: str) -> Callable[[str], int]:
 def related(document: str, start: int, end: int, question: str, known: Sequence[Citation], worker: int,
             ) -> list[Citation]:
     """The sentences of the chunk `document[start:end]` that plainly bear on the question, whatever
-    the worker wrote: those holding a third of its content words, and those that name what the evidence
-    found so far names beyond the question (a bridge: the person of a first hop) together with a
-    word of the question (the second hop). A small reader often answers instead of copying, or
-    copies the wrong line; these lines are found by their words, as the manager will read them."""
+    the worker wrote: those holding a third of its content words, one of them a word the document
+    seldom uses (the question's own subject: "crimson", not "room"), and those that name what the
+    evidence found so far names beyond the question (a bridge: the person of a first hop) together
+    with a word of the question (the second hop); at most MAX_MATCHED of each, the best first. A
+    small reader often answers instead of copying, or copies the wrong line; these lines are found
+    by their words, as the manager will read them."""
     asked = content_words(question)
     need = max(2, (len(asked) + 2) // 3)
-    spans = units(document, start, end)
-    words_of = [content_words(line(document, span)) for span in spans]
+    common = common_words(document)
+    rare = asked - common
     # A bridge names one thing: a word of the evidence that few sentences use ("Kwame", not "kept").
-    bridges = set().union(*(content_words(c.line) for c in known)) - asked - common_words(document)
-    found = []
-    for span, words in zip(spans, words_of, strict=True):
+    bridges = set().union(*(content_words(c.line) for c in known)) - asked - common
+    matched, bridged = [], []
+    for span in units(document, start, end):
+        words = content_words(line(document, span))
         shared = len(words & asked)
-        if (shared >= need or (shared and words & bridges)) and not instruction_shaped(document[span[0] : span[1]]):
-            found.append(citation(document, span, worker))
-    return found
+        if not shared or instruction_shaped(document[span[0] : span[1]]):
+            continue
+        if shared >= need and words & rare:
+            matched.append(((len(words & rare), shared), span))
+        elif words & bridges:
+            bridged.append(((len(words & bridges), shared), span))
+    best = [span for group in (matched, bridged)
+            for _, span in sorted(group, key=lambda x: x[0], reverse=True)[:MAX_MATCHED]]
+    return [citation(document, span, worker) for span in sorted(best)]
 
 
 @lru_cache(maxsize=4)
@@ -177,19 +187,21 @@ def common_words(document: str) -> frozenset[str]:
     return frozenset(w for w, n in counts.items() if n > MAX_BRIDGE_SENTENCES)
 
 
-def fit(evidence: list[Citation], limit: int, count: Callable[[str], int], question: str) -> tuple[list[Citation], int]:
+def fit(evidence: list[Citation], limit: int, count: Callable[[str], int], question: str,
+        chosen: Collection[tuple[int, int]] = ()) -> tuple[list[Citation], int]:
     """The evidence within `limit` tokens, in document order, and how many lines were dropped: the
     least related first, the oldest first among equals. A line ranks by the question's words it
     holds and by the words it shares with another line beyond the question: the two hops of a
-    two-hop question hold each other up ("The key ... is kept by Kwame." / "Kwame's locker ...")."""
+    two-hop question hold each other up ("The key ... is kept by Kwame." / "Kwame's locker ...").
+    Lines a worker chose (`chosen`, their spans) go after every line found only by its words."""
     asked = content_words(question)
     kept = sorted(evidence, key=lambda c: c.start)
     words = {id(c): content_words(c.line) for c in kept}
 
-    def rank(c: Citation) -> tuple[int, int]:
+    def rank(c: Citation) -> tuple[int, int, int]:
         # Only a line about the question holds another up: filler lines share words among themselves.
         others = set().union(*(words[id(o)] for o in kept if o is not c and words[id(o)] & asked)) - asked
-        return (len(words[id(c)] & asked) + len(words[id(c)] & others), c.worker)
+        return ((c.start, c.end) in chosen, len(words[id(c)] & asked) + len(words[id(c)] & others), c.worker)
 
     dropped = 0
     while kept and count(render(kept)) > limit:

@@ -74,6 +74,7 @@ class Chain:
     saved: int = 0  # worker calls early exit saved
     limited: bool = False  # reading stopped at the run's limits (the manager answers from what was read)
     dropped: int = 0  # evidence lines dropped because the CU was full
+    chosen: set[tuple[int, int]] = field(default_factory=set)  # spans of evidence a worker's own words brought in
 
 
 @register
@@ -310,8 +311,9 @@ async def evidence_step(session: Session, task: Task, chain: Chain, chunk: Chunk
                 if (c.start, c.end) not in taken:
                     taken.add((c.start, c.end))
                     matched.append(c)
+        chain.chosen |= {(c.start, c.end) for c in new}
         new += matched
-        kept, dropped = evidence.fit([*chain.citations, *new], limit, session.tokens, question)
+        kept, dropped = evidence.fit([*chain.citations, *new], limit, session.tokens, question, chain.chosen)
         chain.citations, chain.dropped = kept, chain.dropped + dropped
         call.cu = evidence.render(kept)
         notes = [f"{len(new)} line(s) added" if new else "nothing new"]
