@@ -138,16 +138,20 @@ def test_a_near_copy_becomes_the_one_sentence_it_came_from():
 
 
 def test_a_restatement_brings_in_the_sentence_it_rests_on():
-    # src/coa/evidence.py (current): a restatement's support sentence joins the CU in the document's
-    # words, so a worker's wording can never join a fact to the wrong subject.
+    # A restatement that rests on a sentence holding the question's subject words it uses ("code": the
+    # story's other sentences are about the weather) joins as written, cited at that sentence.
     document = story()
     model = scripted(lambda chunk, i: "The code is 4417." if i == 0 else "none")
     result = run(model, Task(document, QUESTION))
     [citation] = result.citations
-    assert citation.text == citation.line == NEEDLE and citation.start == document.index(NEEDLE)
-    assert result.workers[0].cu == NEEDLE and result.workers[0].note == "1 line(s) added"
-    assert NEEDLE in evidence_shown(result.workers[1].messages)
-    assert "The code is 4417." not in model.prompts[-1][-1]["content"]
+    assert citation.text == NEEDLE and citation.line == "The code is 4417." and citation.start == document.index(NEEDLE)
+    assert result.workers[0].cu == "The code is 4417." and result.workers[0].note == "1 line(s) added"
+    assert "The code is 4417." in evidence_shown(result.workers[1].messages)
+    model = scripted(lambda chunk, i: "Mira chose the vault code 4417." if i == 0 else "none")
+    result = run(model, Task(document, QUESTION))
+    [citation] = result.citations
+    assert citation.line == "Mira chose the vault code 4417." and citation.text == NEEDLE
+    assert citation.text == document[citation.start : citation.end]
     # A restatement that adds nothing to the question rests on nothing: it is dropped, and the needle
     # enters only by its words (it holds three of the question's four content words).
     result = run(model_of("Mira did choose a vault code."), Task(document, QUESTION))

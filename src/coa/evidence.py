@@ -1,14 +1,15 @@
-"""The evidence CU: workers say what their chunk adds, the framework keeps it in the document's words.
+"""The evidence CU: workers say what their chunk adds, the framework keeps it.
 
 A worker that rewrites the CU spends decode time on every line it echoes, and a small model
 drops, paraphrases or invents lines as it goes (the chain then loses what an earlier worker
 found). Here a worker sees its chunk and the evidence found so far and writes only what its chunk
 adds: sentences copied from it, or a fact it states in one short sentence ("none" when nothing
-helps). Each sentence is grounded in the chunk: a copy, or a restatement, brings in the whole
-sentences of the document it came from or rests on, in the document's words; anything else is
-dropped. Every CU line is thus its own citation. The CU is kept by the framework, so a line is
-never lost to a rewrite and never echoes the prompt. Only a full CU drops lines, the least related
-to the question first.
+helps). Each sentence is grounded in the chunk: a copy brings in the whole document sentences it
+came from, in the document's words; a restatement joins as written, cited at the sentence it
+rests on, which must hold the question's subject; anything else is dropped. The chunk's
+sentences that plainly bear on the question join too, by their words. The CU is kept by the
+framework, so a line is never lost to a rewrite and never echoes the prompt. Only a full CU
+drops lines, the least related to the question first.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from coa.task import Citation
 
 MAX_UNIT_CHARS = 600  # a longer sentence (a transcript turn, a run-on line) is split at line breaks or spaces
 MIN_UNIT_CHARS = 24  # a shorter one (a speaker's name, a stage direction) joins the sentence after it
-MAX_MATCHED = 3  # sentences a chunk gives by their words, of each kind (question words, bridges)
-MAX_BRIDGE_SENTENCES = 3  # a word in more sentences of the document than this is too common to link two facts
+MAX_MATCHED = 2  # sentences a chunk gives by their words, of each kind (question words, bridges)
+# A word in more sentences of the document than this (or this share of them) is too common to name the
+# question's subject or to link two facts.
+MAX_BRIDGE_SENTENCES = 3
+COMMON_SHARE = 0.02
 REPLY_TOKENS = 96  # a worker's reply: a few sentences, or "none"
 
 
@@ -79,6 +83,7 @@ def gather(output: str, document: str, start: int, end: int, question: str, work
     sentences were dropped as found in neither the chunk nor its question-bearing sentences."""
     chunk = document[start:end]
     spans = units(document, start, end)
+    subject = subject_words(document, question)
     spans_seen = {(c.start, c.end) for c in known if c.line == line(document, (c.start, c.end))}
     lines_seen = {_normal(c.line) for c in known}
     added: list[Citation] = []
@@ -90,10 +95,15 @@ def gather(output: str, document: str, start: int, end: int, question: str, work
         place = verbatim(text, chunk) or near_place(_collapse(text), chunk)
         if place is not None:  # a copy: the whole sentences it came from, in the document's words
             found = covering(document, spans, start + place[0], start + place[1], worker)
+        elif (held := content_words(text) & subject) and (rest := support(text, chunk, question, held)) is not None:
+            # A restatement joins as written ("King Duncan gives Macbeth the title Thane of Cawdor."), cited at
+            # the sentence it rests on, where that sentence holds the question's subject as the claim does
+            # (the words of the question the document seldom uses: "title", "crimson").
+            found = [Citation(chunk[rest[0] : rest[1]], start + rest[0], start + rest[1], worker, line=_collapse(text))]
         elif (rest := support(text, chunk, question)) is not None:
-            # A restatement: the sentence it rests on joins instead. Put in the question's words, a worker's
-            # claim can join a fact to the wrong subject (a distractor's number "is the locker number of the
-            # person who keeps the key"); the manager reads the facts themselves.
+            # Resting on a sentence without that subject ("Siobhan's locker number is 3583328." for "the
+            # locker number of the person who keeps the key to the crimson room"), the claim would pin a
+            # distractor's fact on the question's subject: the sentence joins instead, as it is.
             found = covering(document, spans, start + rest[0], start + rest[1], worker)
         else:
             dropped += 1
@@ -162,9 +172,11 @@ def related(document: str, start: int, end: int, question: str, known: Sequence[
     asked = content_words(question)
     need = max(2, (len(asked) + 2) // 3)
     common = common_words(document)
-    rare = asked - common
-    # A bridge names one thing: a word of the evidence that few sentences use ("Kwame", not "kept").
-    bridges = set().union(*(content_words(c.line) for c in known)) - asked - common
+    rare = subject_words(document, question)
+    # A bridge names one thing: a word that few sentences use ("Kwame", not "kept"), in evidence about
+    # the question's subject (the first hop).
+    about = [words for c in known if (words := content_words(c.line)) & rare] if rare else []
+    bridges = set().union(*about) - asked - common
     matched, bridged = [], []
     for span in units(document, start, end):
         words = content_words(line(document, span))
@@ -180,20 +192,30 @@ def related(document: str, start: int, end: int, question: str, known: Sequence[
     return [citation(document, span, worker) for span in sorted(best)]
 
 
+def subject_words(document: str, question: str) -> set[str]:
+    """The question's content words that the document seldom uses: what it is about ("crimson", "title"),
+    not the words every sentence of its kind holds ("room", "king")."""
+    return content_words(question) - common_words(document)
+
+
 @lru_cache(maxsize=4)
 def common_words(document: str) -> frozenset[str]:
-    """The content words that more than MAX_BRIDGE_SENTENCES sentences of the document hold."""
-    counts = Counter(w for span in units(document, 0, len(document)) for w in content_words(line(document, span)))
-    return frozenset(w for w, n in counts.items() if n > MAX_BRIDGE_SENTENCES)
+    """The content words that more than MAX_BRIDGE_SENTENCES sentences of the document hold, or more
+    than COMMON_SHARE of them in a long one."""
+    spans = units(document, 0, len(document))
+    counts = Counter(w for span in spans for w in content_words(line(document, span)))
+    most = max(MAX_BRIDGE_SENTENCES, int(COMMON_SHARE * len(spans)))
+    return frozenset(w for w, n in counts.items() if n > most)
 
 
 def fit(evidence: list[Citation], limit: int, count: Callable[[str], int], question: str,
-        chosen: Collection[tuple[int, int]] = ()) -> tuple[list[Citation], int]:
+        chosen: Collection[tuple[int, int]] = (), subject: Collection[str] = ()) -> tuple[list[Citation], int]:
     """The evidence within `limit` tokens, in document order, and how many lines were dropped: the
     least related first, the oldest first among equals. A line ranks by the question's words it
     holds and by the words it shares with another line beyond the question: the two hops of a
     two-hop question hold each other up ("The key ... is kept by Kwame." / "Kwame's locker ...").
-    Lines a worker chose (`chosen`, their spans) go after every line found only by its words."""
+    The question's `subject` words (see `subject_words`) count twice. Lines a worker chose (`chosen`,
+    their spans) go after every line found only by its words."""
     asked = content_words(question)
     kept = sorted(evidence, key=lambda c: c.start)
     words = {id(c): content_words(c.line) for c in kept}
@@ -201,7 +223,8 @@ def fit(evidence: list[Citation], limit: int, count: Callable[[str], int], quest
     def rank(c: Citation) -> tuple[int, int, int]:
         # Only a line about the question holds another up: filler lines share words among themselves.
         others = set().union(*(words[id(o)] for o in kept if o is not c and words[id(o)] & asked)) - asked
-        return ((c.start, c.end) in chosen, len(words[id(c)] & asked) + len(words[id(c)] & others), c.worker)
+        mine = words[id(c)]
+        return ((c.start, c.end) in chosen, len(mine & asked) + len(mine & set(subject)) + len(mine & others), c.worker)
 
     dropped = 0
     while kept and count(render(kept)) > limit:

@@ -142,10 +142,10 @@ def cite(cu: str, chunk: str, offset: int, earlier: Sequence[Citation], worker: 
     return found
 
 
-def support(line: str, source: str, query: str) -> tuple[int, int] | None:
+def support(line: str, source: str, query: str, holds: set[str] = frozenset()) -> tuple[int, int] | None:
     """Where `source` holds the sentence a restatement rests on (grounding's second test: about the
-    question, and holding every word the line adds to it); of several, the one sharing the most words
-    with the line and the question."""
+    question, and holding every word the line adds to it, and every word of `holds`); of several, the
+    one sharing the most words with the line and the question."""
     asked = content_words(query)
     added = content_words(line) - asked
     if not added:
@@ -158,7 +158,7 @@ def support(line: str, source: str, query: str) -> tuple[int, int] | None:
             continue
         cursor = start + len(sentence.strip())
         words = content_words(sentence)
-        if words & asked and added <= words and len(words & wanted) > best:
+        if words & asked and added | holds <= words and len(words & wanted) > best:
             best, place = len(words & wanted), (start, cursor)
     return place
 

@@ -313,7 +313,8 @@ async def evidence_step(session: Session, task: Task, chain: Chain, chunk: Chunk
                     matched.append(c)
         chain.chosen |= {(c.start, c.end) for c in new}
         new += matched
-        kept, dropped = evidence.fit([*chain.citations, *new], limit, session.tokens, question, chain.chosen)
+        kept, dropped = evidence.fit([*chain.citations, *new], limit, session.tokens, question, chain.chosen,
+                                     evidence.subject_words(task.document, question))
         chain.citations, chain.dropped = kept, chain.dropped + dropped
         call.cu = evidence.render(kept)
         notes = [f"{len(new)} line(s) added" if new else "nothing new"]
