@@ -118,7 +118,8 @@ def report_run(tmp_path_factory, data):
     first = run_cli("eval", "--dataset", "niah", "--strategies", "coa,vanilla,rag", "--limit", "4",
                     "--opt", "haystack=books", "--opt", "lengths=400,800", "--opt", "depths=0,1", *common)
     assert first.returncode == 0, first.stderr
-    second = run_cli("eval", "--dataset", "qmsum", "--strategies", "coa", *common)
+    # The paper's CU, so that each worker's CU is its (scripted) output, for the page to show.
+    second = run_cli("eval", "--dataset", "qmsum", "--strategies", "coa:cu=paper", *common)
     assert second.returncode == 0, second.stderr
     return run_dir
 
@@ -162,7 +163,7 @@ def test_html_report_opens_in_a_browser_and_shows_a_workers_cu(report_run, tmp_p
     text = page.read_text()
     assert "<img" in text and "data:image/png;base64," in text and "<table>" in text
     pairs = json.loads(text.split('<script id="pairs" type="application/json">')[1].split("</script>")[0])
-    choice = next(i for i, p in enumerate(pairs) if p["dataset"] == "qmsum" and p["strategy"] == "coa")
+    choice = next(i for i, p in enumerate(pairs) if p["dataset"] == "qmsum" and p["strategy"] == "coa:cu=paper")
     worker_cu = next(c["cu"] for c in pairs[choice]["calls"] if c["role"] == "worker")
     dom = dump_dom(f"{page.as_uri()}#pair={choice}", tmp_path / "profile", 5000)
     trace = dom.split('id="trace"')[1]

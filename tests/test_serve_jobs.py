@@ -69,3 +69,25 @@ def test_a_failed_run_keeps_every_finished_call_in_its_events(tmp_path):
     assert [e["event"] for e in live[-2:]] == ["status", "done"]
     assert json.loads(live[-1]["data"])["error"] == run["error"]
     assert replayed == live
+
+
+def test_a_store_written_before_citations_were_kept_still_opens(tmp_path):
+    import sqlite3
+
+    from coa.serve.store import EVENTS, FILES, RUNS
+    path = tmp_path / "serve.sqlite"
+    db = sqlite3.connect(path)  # the schema of version 1, with one finished run
+    for statement in (FILES, RUNS, EVENTS):
+        db.execute(statement)
+    db.execute("INSERT INTO runs (id, owner, created_at, status, strategy, task, answer) "
+               "VALUES ('run_old', '', 1, 'succeeded', 'coa', 'qa', 'Thane of Cawdor')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = ServeStore(path)
+    old = store.run("", "run_old")
+    assert old["answer"] == "Thane of Cawdor" and old["citations"] == [] and old["supported"] is None
+    store.add_run("", {**old, "id": "run_new", "citations": [{"start": 0, "end": 5, "text": "Thane", "line": "Thane"}],
+                       "supported": True})
+    new = store.run("", "run_new")
+    assert new["citations"][0]["text"] == "Thane" and new["supported"] is True

@@ -220,7 +220,7 @@ class Runner:
         run.status, run.finished_at = status, int(time.time())
         if run.stored:
             view = run.view()
-            self.store.update_run(run.id, {k: view[k] for k in ("status", "finished_at", "answer", "error", "usage", "result")})
+            self.store.update_run(run.id, {k: view[k] for k in ("status", "finished_at", "answer", "error", "usage", "citations", "supported", "result")})
         self._emit(run, "status", {"status": status})
         self._emit(run, "done", run.view(result=False))
 

@@ -53,11 +53,13 @@ CREATE TABLE events (
     data TEXT NOT NULL,
     PRIMARY KEY (run, seq)
 )"""
-MIGRATIONS = (Migration("files, runs and events", (FILES, RUNS, EVENTS)),)
+MIGRATIONS = (Migration("files, runs and events", (FILES, RUNS, EVENTS)),
+              Migration("each run's citations and support", ("ALTER TABLE runs ADD COLUMN citations TEXT",  # JSON
+                                                             "ALTER TABLE runs ADD COLUMN supported TEXT")))  # JSON
 
 RUN_FIELDS = ("id", "created_at", "started_at", "finished_at", "status", "strategy", "task", "question", "answer",
-              "error", "usage")
-JSON_FIELDS = ("error", "usage", "result")
+              "error", "usage", "citations", "supported")
+JSON_FIELDS = ("error", "usage", "result", "citations", "supported")
 
 
 class ServeStore:
@@ -111,7 +113,7 @@ class ServeStore:
     # -- runs --------------------------------------------------------------------------------------
     def add_run(self, owner: str, run: dict[str, Any]) -> None:
         self.db.execute(f"INSERT INTO runs (owner, {', '.join(RUN_FIELDS)}) VALUES (?{', ?' * len(RUN_FIELDS)})",
-                        (owner, *(_column(k, run[k]) for k in RUN_FIELDS)))
+                        (owner, *(_column(k, run.get(k)) for k in RUN_FIELDS)))
 
     def update_run(self, id: str, changes: dict[str, Any]) -> None:
         sets = ", ".join(f"{key} = ?" for key in changes)
@@ -151,4 +153,6 @@ def _run(row: sqlite3.Row) -> dict[str, Any]:
     for key in JSON_FIELDS:
         if isinstance(run.get(key), str):
             run[key] = json.loads(run[key])
+    if run.get("citations") is None:  # a run stored before citations were kept, or one without a result
+        run["citations"] = []
     return run
