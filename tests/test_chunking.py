@@ -139,3 +139,23 @@ def test_without_offsets_tokens_are_counted_per_block_and_per_chunk_not_per_sent
     assert all(c.tokens == count(c.text) <= 500 for c in chunks)
     assert "".join(c.text for c in chunks) == text
     assert blocks <= len(text) // 3000 and len(calls) - blocks <= 3 * len(chunks)
+
+
+def test_a_window_tokenizes_its_document_once_however_often_it_is_cut():
+    from coa import Config, ScriptedModel, Task
+    from coa.window import Window
+
+    model = ScriptedModel(context_window=4096)
+    indexed = []  # the texts the tokenizer's offsets were asked for
+    offsets = model.token_offsets
+    model.token_offsets = lambda text: indexed.append(text) or offsets(text)
+    document = " ".join(f"Sentence {i} says something." for i in range(400))
+    window = Window(model, Config(window=512))
+    task = Task(document=document, query="What?")
+    first = window.chunks(task, 100)
+    again = window.chunks(task, 60, within=first[1])
+    assert "".join(c.text for c in first) == document and "".join(c.text for c in again) == first[1].text
+    assert indexed == [document]  # one pass of the tokenizer for both cuts
+    window.chunks(Task(document=document[:-1], query="What?"), 100)
+    assert len(indexed) == 2  # another document is indexed anew
+    assert window.size == 512 and window.cu_tokens == Config(window=512).cu_limit(512)

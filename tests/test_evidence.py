@@ -11,11 +11,11 @@ import re
 import pytest
 
 from coa import ChainOfAgents, Config, ContextOverflowError, Kind, ScriptedModel, Task
+from coa.answers import clean_answer
 from coa.evidence import common_words, fit, related, relevance, render
 from coa.fence import unfence
 from coa.models.base import count_prompt
 from coa.strategies import get_strategy
-from coa.strategies.base import clean_answer
 from coa.task import Citation
 
 QUESTION = "What vault code did Mira choose?"

@@ -85,9 +85,9 @@ def test_control_text_in_a_document_is_tokenized_as_words(embedded):
 
 def test_fence_tags_a_model_echoes_are_not_passed_on():
     from coa import Kind
+    from coa.answers import clean_answer
     from coa.fence import unfence
-    from coa.strategies.base import clean_answer
-    from coa.strategies.chain import next_cu
+    from coa.strategies.chaining import next_cu
 
     echoed = "Duncan, King of Scotland.\n" + fence("earlier", "summary").split("\n")[-1]
     assert unfence(echoed).strip() == "Duncan, King of Scotland."

@@ -12,7 +12,7 @@ from coa.errors import ConfigError
 from coa.eval.datasets import load
 from coa.eval.metrics import score
 from coa.models.scripted import ScriptedModel
-from coa.strategies.rag import bm25_scores
+from coa.strategies.retrieval import bm25_scores
 from coa.task import Kind
 from conftest import EXAMPLE_PLAY, data_dir
 

@@ -12,7 +12,7 @@ from coa.cli import cli
 from coa.fence import fence
 from coa.models.base import count_prompt
 from coa.strategies import get_strategy
-from coa.strategies.base import parse_options
+from coa.strategies.options import parse_options
 from coa.strategies.readagent import page_numbers
 from coa.strategies.recite import read_recital
 

@@ -218,3 +218,22 @@ def test_without_the_plugin_its_names_are_unknown(story):
     assert result.returncode == 2 and "unknown strategy 'echoo'" in result.stderr.decode()
     result = run_cli("ask", story, "Who?", "--model", "embeded")
     assert result.returncode == 2 and "unknown model 'embeded'; did you mean 'embedded'?" in result.stderr.decode()
+
+
+def test_a_strategy_that_defines_neither_solve_nor_solve_many_is_refused_when_defined():
+    from coa.strategies import Strategy
+
+    with pytest.raises(TypeError, match="must define solve or solve_many"):
+        class Idle(Strategy):  # noqa: F841  (refused as the class statement runs)
+            name = "idle"
+            description = "solves nothing"
+
+    class Single(Strategy):
+        name = "single"
+        description = "defines solve"
+
+        async def solve(self, session, task):
+            return "ok", {}
+
+    from coa import ScriptedModel, Task
+    assert Single(ScriptedModel()).run(Task(document="text", query="q?")).answer == "ok"

@@ -12,9 +12,9 @@ from coa import Config, ConfigError, Kind, ScriptedModel, Task
 from coa.fence import fence
 from coa.models.base import count_prompt
 from coa.strategies import STRATEGIES, get_strategy
-from coa.strategies.base import parse_options, parse_pairs
 from coa.strategies.hierarchical import read_worker
 from coa.strategies.mapreduce import read_finding
+from coa.strategies.options import parse_options, parse_pairs
 from conftest import JsonHandler, serve
 
 NAMES = ["coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce", "recite"]

@@ -6,6 +6,7 @@ import re
 import string
 from collections.abc import Sequence
 
+from coa.fence import unfence
 from coa.task import LETTERS, Kind
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -87,3 +88,12 @@ def majority(answers: Sequence[str], keys: Sequence[str], weights: Sequence[floa
         totals[key] = totals.get(key, 0.0) + weight
     best = max(totals.values())
     return next(a for a, k in zip(answers, keys, strict=False) if totals[k] == best)
+
+
+def clean_answer(kind: Kind, text: str) -> str:
+    """The answer as a user wants it: trimmed, without echoed fence tags; for code, the first line of code."""
+    text = unfence(text)
+    if kind is Kind.CODE:  # indentation is part of the line
+        lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("```")]
+        return lines[0] if lines else ""
+    return text.strip()

@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 
 Counter = Callable[[str], int]
-Offsets = Callable[[str], Sequence[int]]  # where each token of a text starts, in characters
+Offsets = Callable[[str], Sequence[int] | np.ndarray]  # where each token of a text starts, in characters
 BLOCK_CHARS = 20_000  # the longest text given to the sentence splitter at once
 COUNT_BLOCK_CHARS = 4_000  # without offsets, tokens are counted per block of this size
 SEARCH_CHARS = 1_000  # a chunk's end is looked for first in this many characters before the budget's end
@@ -77,6 +77,20 @@ def token_index(text: str, count: Counter, offsets: Offsets | None = None) -> To
         n = count(text[a:b])
         starts.append(a + (np.arange(n, dtype=np.int64) * (b - a)) // max(n, 1))
     return TokenIndex(np.concatenate(starts) if starts else np.zeros(0, np.int64), len(text), exact=False)
+
+
+class IndexCache:
+    """The index of the last text asked for: a run tokenizes its document once, however many
+    times it cuts it (re-splits, several questions over one document)."""
+
+    def __init__(self, count: Counter, offsets: Offsets | None = None) -> None:
+        self.count, self.offsets = count, offsets
+        self._last: tuple[str, TokenIndex] | None = None
+
+    def get(self, text: str) -> TokenIndex:
+        if self._last is None or self._last[0] is not text:
+            self._last = (text, token_index(text, self.count, self.offsets))
+        return self._last[1]
 
 
 def chunk_text(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from functools import cache
 
 from bm25s.stopwords import STOPWORDS_EN_PLUS
@@ -142,7 +143,7 @@ def cite(cu: str, chunk: str, offset: int, earlier: Sequence[Citation], worker: 
     return found
 
 
-def support(line: str, source: str, query: str, holds: set[str] = frozenset()) -> tuple[int, int] | None:
+def support(line: str, source: str, query: str, holds: AbstractSet[str] = frozenset()) -> tuple[int, int] | None:
     """Where `source` holds the sentence a restatement rests on (grounding's second test: about the
     question, and holding every word the line adds to it, and every word of `holds`); of several, the
     one sharing the most words with the line and the question."""

@@ -137,3 +137,13 @@ class Result:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+
+CODE_QUERY_LINES = 20
+
+
+def query_text(task: Task) -> str:
+    """The query as prompts show it; for code, the lines right before the one to write."""
+    if task.kind is Kind.CODE and not task.query:
+        return "".join(task.document.splitlines(keepends=True)[-CODE_QUERY_LINES:])
+    return task.query or ""

@@ -83,7 +83,7 @@ def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, windo
     from coa.eval.report import markdown
     from coa.eval.runner import Evaluation
     from coa.eval.runner import evaluate as run
-    from coa.strategies.base import parse_pairs
+    from coa.strategies.options import parse_pairs
 
     evaluation = Evaluation(
         dataset=dataset, strategies=comma_list(strategies), model=model, window=window,

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from coa.cli import Interrupts, cli, fail, model_options, prompts_dir_option, stderr
+from coa.cli.progress import CallPrinter
 from coa.config import Config
 from coa.documents import read_document
 from coa.errors import CoaError, InputError
-from coa.progress import CallPrinter
 from coa.task import Call, Kind, Result, Task
 
 
@@ -85,7 +85,7 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
     from coa.models.registry import load_model
     from coa.prompts import task_format
     from coa.strategies import get_strategy
-    from coa.strategies.base import parse_options, parse_pairs
+    from coa.strategies.options import parse_options, parse_pairs
 
     if trace is not None:
         check_writable(trace, "--trace")

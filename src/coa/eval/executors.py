@@ -36,8 +36,8 @@ from coa.eval.datasets import Example
 from coa.extras import ensure, require
 from coa.models.base import Model
 from coa.models.urls import redact, scrub
+from coa.session import Progress
 from coa.strategies import get_strategy
-from coa.strategies.base import Progress
 from coa.task import Call
 
 if TYPE_CHECKING:

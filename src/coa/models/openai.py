@@ -28,7 +28,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from coa.errors import CoaError, ConfigError, ContextOverflowError, ModelError, UnreachableError
-from coa.models.base import Completion, Messages, count_prompt
+from coa.models.base import Completion, Embed, Messages, Model, count_prompt
 from coa.models.discovery import (
     CHARS_PER_TOKEN_ESTIMATE,
     Server,
@@ -82,7 +82,7 @@ def _run(coroutine):
         raise
 
 
-class OpenAIModel:
+class OpenAIModel(Model):
     def __init__(
         self,
         model: str,
@@ -127,12 +127,20 @@ class OpenAIModel:
         self.warnings: list[str] = []  # what went wrong without failing a call (a tokenizer given up)
         self._tokenizer_lost = False
         self._lock = threading.Lock()
+        self._embedders: dict[str, OpenAIModel] = {}
 
     def with_model(self, model: str) -> OpenAIModel:
-        """Another model on the same server with the same key and timeout (embeddings for RAG)."""
+        """Another model on the same server with the same key and timeout."""
         return OpenAIModel(model, base_url=self.base_url, api_key=self._api_key, timeout=self.timeout)
 
-    # -- the Model protocol -----------------------------------------------------------------
+    def embedder(self, model: str) -> Embed:
+        """Embeddings from `model` on this server, with this key: one client per model, reused."""
+        with self._lock:
+            if model not in self._embedders:
+                self._embedders[model] = self.with_model(model)
+            return self._embedders[model].embed
+
+    # -- the Model seam -----------------------------------------------------------------
     def complete(
         self, messages: Messages, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
     ) -> Completion:
@@ -363,3 +371,9 @@ def _retry_after(value: str | None) -> float | None:
         return None
     return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
+
+@lru_cache(maxsize=8)
+def embedding_server(base_url: str, model: str, api_key: str | None) -> OpenAIModel:
+    """The embedding server the operator named (rag's embed_url), with its own key only: one
+    client for each, reused across retrievals."""
+    return OpenAIModel(model, base_url=base_url, api_key=api_key)

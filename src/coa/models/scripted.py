@@ -9,14 +9,14 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from coa.models.base import Completion, Messages, count_prompt
+from coa.models.base import Completion, Messages, Model, count_prompt
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
 
 Reply = Callable[[Messages], str]
 
 
-class ScriptedModel:
+class ScriptedModel(Model):
     """Replies with queued strings, or `reply(messages)`, or a numbered default.
 
     Tokens are words and punctuation marks, so counts are easy to reason about.
@@ -32,11 +32,15 @@ class ScriptedModel:
     ) -> None:
         self.name = name
         self.token_counter = "scripted"
-        self.context_window = context_window
+        self._context_window = context_window
         self.outputs = deque(outputs)
         self.reply = reply
         self.prompts: list[Messages] = []
         self.max_tokens: list[int] = []
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
 
     def count_tokens(self, text: str) -> int:
         return len(TOKEN.findall(text))

@@ -19,7 +19,8 @@ from coa.models.base import Model
 from coa.models.urls import redact
 from coa.serve.errors import ApiError, from_coa, interrupted
 from coa.serve.store import ServeStore
-from coa.strategies.base import STRATEGIES, Progress, Strategy
+from coa.session import Progress
+from coa.strategies.base import STRATEGIES, Strategy
 from coa.strategies.options import places
 from coa.task import Result, Task
 

@@ -9,8 +9,17 @@ from typing import Any
 
 from coa.answers import is_refusal
 from coa.models.base import Messages
-from coa.strategies.base import Session, Strategy, combine_messages, fit_notes, groups, item_costs, query_text, register
-from coa.strategies.merge import combine_with_manager
+from coa.session import Session
+from coa.strategies.base import Strategy, register
+from coa.strategies.toolbox import (
+    combine_messages,
+    combine_with_manager,
+    fit_notes,
+    groups,
+    item_costs,
+    map_chunks,
+    render,
+)
 from coa.task import Task
 
 _USEFUL = re.compile(r"useful\s*[:=\-]?\s*\**\s*(yes|no)\b", re.IGNORECASE)
@@ -22,13 +31,9 @@ class Hierarchical(Strategy):
     description = "Workers flag useful chunks and take notes; notes merge up a tree; the root answers"
 
     async def solve(self, session: Session, task: Task):
-        limit = session.config.cu_limit(session.window)
-        chunks = session.chunks(task, session.budget(self._worker(session, task, ""), limit, "hierarchical worker"))
-        session.plan("worker", len(chunks))
-        calls = await asyncio.gather(*(
-            session.call("worker", i, self._worker(session, task, chunk.text), limit, span=chunk.span)
-            for i, chunk in enumerate(chunks)
-        ))
+        limit = session.window.cu_tokens
+        chunks = session.window.chunks(task, session.window.text_budget(self._worker(session, task, ""), limit, "hierarchical worker"))
+        calls = await map_chunks(session, "worker", chunks, lambda _, chunk: self._worker(session, task, chunk.text), limit)
         notes = []
         for call in calls:
             useful, note = read_worker(call.output)
@@ -38,9 +43,9 @@ class Hierarchical(Strategy):
         useful_count = len(notes)
         notes = notes or [read_worker(c.output)[1] for c in calls]  # nothing flagged useful: keep all
         levels = 0
-        merge_room = session.budget(self._merge(session, task, [""] * 2), limit, "hierarchical merge")
-        _, root_limit = session.split_room(combine_messages(session, task, []), task, "root")
-        while len(notes) > 1 and session.room(combine_messages(session, task, notes), root_limit) < 0:
+        merge_room = session.window.text_budget(self._merge(session, task, [""] * 2), limit, "hierarchical merge")
+        _, root_limit = session.window.split(combine_messages(session, task, []), task, "root")
+        while len(notes) > 1 and session.window.room(combine_messages(session, task, notes), root_limit) < 0:
             batches = groups(item_costs(session, lambda items: self._merge(session, task, items), notes), merge_room)
             session.plan("merge", len(batches))
             merged: list[Any] = await asyncio.gather(*(  # calls, and notes passed through alone
@@ -55,13 +60,11 @@ class Hierarchical(Strategy):
 
     @staticmethod
     def _worker(session: Session, task: Task, chunk: str) -> Messages:
-        return session.prompt("hierarchical", "worker").render(
-            chunk=chunk, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind)
-        )
+        return render(session, "hierarchical", "worker", task, chunk=chunk)
 
     @staticmethod
     def _merge(session: Session, task: Task, notes: list[str]) -> Messages:
-        return session.prompt("hierarchical", "merge").render(notes=notes, query=query_text(task), kind=str(task.kind))
+        return render(session, "hierarchical", "merge", task, notes=notes)
 
 
 async def _passthrough(note: str) -> str:

@@ -12,8 +12,10 @@ from pydantic import Field
 
 from coa.answers import is_refusal, majority, vote_key
 from coa.models.base import Messages, truncate_to_tokens
-from coa.strategies.base import Session, Strategy, groups, item_costs, query_text, register
+from coa.session import Session
+from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options
+from coa.strategies.toolbox import groups, item_costs, map_chunks, render
 from coa.task import Task
 
 _FIELD = re.compile(
@@ -70,13 +72,9 @@ class MapReduce(Strategy):
     Options = MapReduceOptions
 
     async def solve(self, session: Session, task: Task):
-        limit = session.config.cu_limit(session.window)
-        chunks = session.chunks(task, session.budget(self._map(session, task, ""), limit, "map"))
-        session.plan("worker", len(chunks))
-        calls = await asyncio.gather(*(
-            session.call("worker", i, self._map(session, task, chunk.text), limit, span=chunk.span)
-            for i, chunk in enumerate(chunks)
-        ))
+        limit = session.window.cu_tokens
+        chunks = session.window.chunks(task, session.window.text_budget(self._map(session, task, ""), limit, "map"))
+        calls = await map_chunks(session, "worker", chunks, lambda _, chunk: self._map(session, task, chunk.text), limit)
         findings = []
         for call in calls:
             finding = read_finding(call.output)
@@ -88,10 +86,10 @@ class MapReduce(Strategy):
             keys = [vote_key(task.kind, f.answer, len(task.choices)) for f in findings]
             answer = majority([f.answer for f in findings], keys, [f.confidence for f in findings])
             return answer, {"chunks": len(chunks), "kept": mapped, "collapse_levels": 0}
-        _, answer_limit = session.split_room(self._reduce(session, task, []), task, "reduce")
-        collapse_room = session.budget(self._collapse(session, task, []), limit, "collapse")
+        _, answer_limit = session.window.split(self._reduce(session, task, []), task, "reduce")
+        collapse_room = session.window.text_budget(self._collapse(session, task, []), limit, "collapse")
         levels = 0
-        while len(findings) > 1 and session.room(self._reduce(session, task, findings), answer_limit) < 0:
+        while len(findings) > 1 and session.window.room(self._reduce(session, task, findings), answer_limit) < 0:
             render = lambda items: self._collapse(session, task, items)  # noqa: E731
             batches = groups(item_costs(session, render, findings), collapse_room)
             session.plan("collapse", len(batches))
@@ -119,17 +117,12 @@ class MapReduce(Strategy):
 
     @staticmethod
     def _map(session: Session, task: Task, chunk: str) -> Messages:
-        return session.prompt("mapreduce", "map").render(
-            chunk=chunk, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind)
-        )
+        return render(session, "mapreduce", "map", task, chunk=chunk)
 
     @staticmethod
     def _collapse(session: Session, task: Task, items: list[Finding]) -> Messages:
-        return session.prompt("mapreduce", "collapse").render(items=items, query=query_text(task), kind=str(task.kind))
+        return render(session, "mapreduce", "collapse", task, items=items)
 
     @staticmethod
     def _reduce(session: Session, task: Task, items: list[Finding]) -> Messages:
-        return session.prompt("mapreduce", "reduce").render(
-            items=items, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
-            requirement=session.format(task).requirement,
-        )
+        return render(session, "mapreduce", "reduce", task, items=items)

@@ -15,9 +15,10 @@ from pydantic import Field
 
 from coa.fence import unfence
 from coa.models.base import Messages, truncate_to_tokens
-from coa.strategies.base import Session, Strategy, query_text, register
+from coa.session import Session
+from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options
-from coa.strategies.readagent import questions_only
+from coa.strategies.toolbox import questions_only, render
 from coa.task import Call, Task
 
 WORDS_PER_TOKEN = 0.75  # the memory's size is told to the model in words, which it can judge
@@ -35,12 +36,12 @@ class MemAgent(Strategy):
 
     async def solve(self, session: Session, task: Task):
         questions_only(self.name, task)
-        size = self.options.memory_tokens or session.config.cu_limit(session.window)
+        size = self.options.memory_tokens or session.window.cu_tokens
         # Checked before any update runs, so that a window too small fails fast.
-        answer_tokens = session.answer_limit(manager_messages(session, task, ""), task, reserve=size)
+        answer_tokens = session.window.answer_limit(manager_messages(session, task, ""), task, reserve=size)
         # A one-character memory stands in for the real one, so that its fence's tags are counted too.
-        budget = session.budget(update_messages(session, task, "", "x", size, 1, 1), 2 * size, "memory update")
-        chunks = session.chunks(task, budget)
+        budget = session.window.text_budget(update_messages(session, task, "", "x", size, 1, 1), 2 * size, "memory update")
+        chunks = session.window.chunks(task, budget)
         memory = ""
         session.plan("worker", len(chunks))
         for i, chunk in enumerate(chunks):
@@ -67,11 +68,9 @@ def next_memory(session: Session, output: str, previous: str, size: int) -> tupl
 
 
 def update_messages(session: Session, task: Task, chunk: str, memory: str, size: int, index: int, total: int) -> Messages:
-    return session.prompt("memagent", "update").render(
-        chunk=chunk, memory=memory, query=query_text(task), choices=task.lettered_choices,
-        words=max(1, int(size * WORDS_PER_TOKEN)), index=index, total=total)
+    return render(session, "memagent", "update", task, chunk=chunk, memory=memory,
+                  words=max(1, int(size * WORDS_PER_TOKEN)), index=index, total=total)
 
 
 def manager_messages(session: Session, task: Task, memory: str) -> Messages:
-    return session.prompt("memagent", "answer").render(
-        memory=memory, query=query_text(task), choices=task.lettered_choices, requirement=session.format(task).requirement)
+    return render(session, "memagent", "answer", task, memory=memory)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from pydantic import Field
 
 from coa.answers import is_refusal, majority, vote_key
-from coa.strategies.base import Session, Strategy, answer_messages, combine_messages, fit_notes, register
+from coa.session import Session
+from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options
+from coa.strategies.toolbox import answer_messages, combine_with_manager, map_chunks
 from coa.task import Kind, Task
 
 
@@ -25,13 +26,9 @@ class Merge(Strategy):
     Options = MergeOptions
 
     async def solve(self, session: Session, task: Task):
-        budget, limit = session.split_room(answer_messages(session, task, ""), task, "merge worker")
-        chunks = session.chunks(task, budget)
-        session.plan("worker", len(chunks))
-        calls = await asyncio.gather(*(
-            session.call("worker", i, answer_messages(session, task, chunk.text), limit, span=chunk.span)
-            for i, chunk in enumerate(chunks)
-        ))
+        budget, limit = session.window.split(answer_messages(session, task, ""), task, "merge worker")
+        chunks = session.window.chunks(task, budget)
+        calls = await map_chunks(session, "worker", chunks, lambda _, chunk: answer_messages(session, task, chunk.text), limit)
         answers = [call.output.strip() for call in calls]
         combine = self.options.combine
         if combine == "auto":
@@ -43,11 +40,3 @@ class Merge(Strategy):
             keys = [vote_key(task.kind, answers[i], len(task.choices)) for i in counted]
             return majority([answers[i] for i in counted], keys), {"combine": combine, "chunks": len(chunks)}
         return await combine_with_manager(session, task, answers), {"combine": combine, "chunks": len(chunks)}
-
-
-async def combine_with_manager(session: Session, task: Task, notes: list[str]) -> str:
-    """One call that writes the final answer from notes on the parts."""
-    room, limit = session.split_room(combine_messages(session, task, [""] * len(notes)), task, "combining")
-    session.plan("manager", 1)
-    call = await session.call("manager", 0, combine_messages(session, task, fit_notes(session, notes, room)), limit)
-    return call.output

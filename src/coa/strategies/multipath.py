@@ -9,9 +9,12 @@ from typing import Literal
 from pydantic import Field, FiniteFloat
 
 from coa.answers import majority, vote_key
-from coa.strategies.base import Session, Strategy, fit_notes, query_text, register
-from coa.strategies.chain import ChainOptions, manage, manager_tokens, run_chain
+from coa.session import Session
+from coa.strategies.base import Strategy, register
+from coa.strategies.chaining import ChainOptions, run_chain
+from coa.strategies.manager import manage, manager_tokens
 from coa.strategies.options import Options
+from coa.strategies.toolbox import fit_notes, render
 from coa.task import Citation, Task
 
 MAX_PATHS = 16  # each path is a whole chain over the document: more is a typo, not a plan
@@ -48,13 +51,10 @@ class Multipath(Strategy):
         max_tokens = manager_tokens(session, task, chain("ltr"))
 
         def judge_messages(shown: list[str]):
-            return session.prompt("multipath", "judge").render(
-                answers=shown, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
-                requirement=session.format(task).requirement,
-            )
+            return render(session, "multipath", "judge", task, answers=shown)
 
         if o.combine == "judge":  # checked before any chain runs, so a window too small fails fast
-            room, limit = session.split_room(judge_messages([""] * len(plans)), task, "judge")
+            room, limit = session.window.split(judge_messages([""] * len(plans)), task, "judge")
 
         async def path(i: int, options: ChainOptions, temperature: float | None, path_seed: int) -> str:
             found = await run_chain(session, task, options, seed=path_seed, temperature=temperature, path=i)

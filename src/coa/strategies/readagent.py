@@ -8,7 +8,6 @@ and no look-up call is made. Questions only (qa, mcq): summaries and code have n
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +19,12 @@ from coa.chunking import Chunk
 from coa.errors import ConfigError
 from coa.fence import unfence
 from coa.models.base import Messages, truncate_to_tokens
-from coa.strategies.base import Session, Strategy, fit_notes, query_text, register
+from coa.session import Session
+from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options
-from coa.strategies.rag import bm25_scores
-from coa.task import Task
+from coa.strategies.retrieval import bm25_scores
+from coa.strategies.toolbox import fit_notes, map_chunks, questions_only, render
+from coa.task import Task, query_text
 
 LOOKUP_TOKENS = 48  # page numbers, and room for a model that words them in a sentence
 TOKENS_PER_LOOKUP = 4  # a page number and its separator, for look-ups beyond what LOOKUP_TOKENS holds
@@ -54,9 +55,9 @@ class ReadAgent(Strategy):
     async def solve(self, session: Session, task: Task):
         questions_only(self.name, task)
         options: ReadAgentOptions = self.options
-        fits = session.budget(gist_messages(session, "", 1, 1), options.gist_tokens, "gist")
+        fits = session.window.text_budget(gist_messages(session, "", 1, 1), options.gist_tokens, "gist")
         page_budget = min(options.page_tokens, fits)
-        pages = session.chunks(task, page_budget)
+        pages = session.window.chunks(task, page_budget)
         gists = await gist_pages(session, pages, options.gist_tokens)
         chosen, fallback = await look_up(session, task, pages, gists, options.lookups)
         answer, expanded = await answer_from(session, task, pages, gists, chosen)
@@ -64,32 +65,22 @@ class ReadAgent(Strategy):
                         "chosen": [i + 1 for i in chosen], "fallback": fallback, "expanded": [i + 1 for i in expanded]}
 
 
-def questions_only(strategy: str, task: Task) -> None:
-    if not task.kind.needs_query:
-        raise ConfigError(f"strategy {strategy} answers questions (qa and mcq tasks), not {task.kind} tasks")
-
-
 def gist_messages(session: Session, page: str, index: int, total: int) -> Messages:
     return session.prompt("readagent", "gist").render(chunk=page, index=index, total=total)
 
 
 def lookup_messages(session: Session, task: Task, gists: list[str], lookups: int) -> Messages:
-    return session.prompt("readagent", "lookup").render(
-        gists=gists, query=query_text(task), choices=task.lettered_choices, lookups=lookups)
+    return render(session, "readagent", "lookup", task, gists=gists, lookups=lookups)
 
 
 def reader_messages(session: Session, task: Task, pages: list[Page]) -> Messages:
-    return session.prompt("readagent", "answer").render(
-        pages=pages, query=query_text(task), choices=task.lettered_choices, requirement=session.format(task).requirement)
+    return render(session, "readagent", "answer", task, pages=pages)
 
 
 async def gist_pages(session: Session, pages: list[Chunk], max_tokens: int) -> list[str]:
     """One gist per page; the pages are independent, so the calls run concurrently."""
-    session.plan("gist", len(pages))
-    calls = await asyncio.gather(*(
-        session.call("gist", i, gist_messages(session, page.text, i + 1, len(pages)), max_tokens, span=page.span)
-        for i, page in enumerate(pages)
-    ))
+    calls = await map_chunks(session, "gist", pages, lambda i, page: gist_messages(session, page.text, i + 1, len(pages)),
+                             max_tokens)
     return [unfence(call.output).strip() for call in calls]
 
 
@@ -127,13 +118,13 @@ def best_pages(task: Task, pages: list[Chunk], most: int) -> list[int]:
 def fit_gists(session: Session, render: Callable[[list[str]], Messages], gists: list[str], reserve: int) -> list[str]:
     """The gists, cut to equal shares where needed, so that `render(gists)` leaves `reserve` tokens
     for output; checked on the rendered prompt, since joined text may count a little over its parts."""
-    room = session.room(render([""] * len(gists)), reserve)  # labels and fences counted
+    room = session.window.room(render([""] * len(gists)), reserve)  # labels and fences counted
     while room >= len(gists) * MIN_GIST_TOKENS:
         fitted = fit_notes(session, gists, room)
-        if session.room(render(fitted), reserve) >= 0:
+        if session.window.room(render(fitted), reserve) >= 0:
             return fitted
         room -= max(1, len(gists), room // 8)
-    raise ConfigError(f"readagent: the gists of {len(gists)} pages do not fit a {session.window}-token window; "
+    raise ConfigError(f"readagent: the gists of {len(gists)} pages do not fit a {session.window.size}-token window; "
                       "use a larger --window or larger pages (--opt page_tokens)")
 
 
@@ -142,9 +133,9 @@ async def answer_from(
 ) -> tuple[str, list[int]]:
     """The answer from every page in order, the chosen ones in full (as much of them as fits, the
     first named first), the others by their gists; and the pages shown in full."""
-    room, limit = session.split_room(reader_messages(session, task, [Page("", i in chosen) for i in range(len(pages))]),
+    room, limit = session.window.split(reader_messages(session, task, [Page("", i in chosen) for i in range(len(pages))]),
                                      task, "readagent answer")
-    gist_need = sum(session.tokens(gists[i]) for i in range(len(pages)) if i not in chosen)
+    gist_need = sum(session.window.tokens(gists[i]) for i in range(len(pages)) if i not in chosen)
     # The gists get what they need up to half the room, and never less than a minimum each.
     page_room = room - min(room, max(min(gist_need, room // 2), len(pages) * MIN_GIST_TOKENS))
     full = page_texts(session, pages, chosen, page_room)
@@ -168,5 +159,5 @@ def page_texts(session: Session, pages: list[Chunk], chosen: list[int], room: in
         if room < MIN_CHUNK_TOKENS:
             break
         texts[i] = truncate_to_tokens(session.model, pages[i].text, room)
-        room -= session.tokens(texts[i])
+        room -= session.window.tokens(texts[i])
     return texts

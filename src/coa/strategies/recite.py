@@ -12,11 +12,12 @@ import re
 
 from pydantic import Field
 
-from coa import budget
 from coa.fence import unfence
 from coa.models.base import Messages
-from coa.strategies.base import Session, query_text, register
-from coa.strategies.rag import Rag, RagOptions, retrieve
+from coa.session import Session
+from coa.strategies.base import Strategy, register
+from coa.strategies.retrieval import RetrievalOptions, answer_retrieved, retrieve
+from coa.strategies.toolbox import render
 from coa.task import Task
 
 # "Answer:" at the start of a line or after a space, markdown emphasis allowed ("**Answer:**").
@@ -24,24 +25,24 @@ _ANSWER = re.compile(r"(?:^|(?<=\s))[*_#]*(?:final\s+)?answer[*_]*\s*:[*_]*", re
 _EVIDENCE = re.compile(r"^\W*evidence[*_]*\s*:[*_]*", re.IGNORECASE)
 
 
-class ReciteOptions(RagOptions):
+class ReciteOptions(RetrievalOptions):
     evidence_tokens: int = Field(256, ge=16, le=4096,
                                  description="generation room for the recited sentences, on top of the answer's")
 
 
 @register
-class Recite(Rag):
+class Recite(Strategy):
     name = "recite"
     description = "Retrieve-then-reason: rag's passages; one call recites the relevant sentences, then answers"
     Options = ReciteOptions
 
     async def solve(self, session: Session, task: Task):
         if not task.kind.needs_query:  # nothing to recite evidence for: rag as it is
-            answer, settings = await super().solve(session, task)
+            answer, settings = await answer_retrieved(session, task, self.options)
             return answer, {**settings, "recited": False, "evidence": "", "parsed": None}
         empty = recite_messages(session, task, "")
-        wanted = session.format(task).max_tokens + self.options.evidence_tokens
-        room, limit = budget.split(session.window, session.prompt_tokens(empty), wanted, "recite")
+        wanted = session.window.answer_tokens(task) + self.options.evidence_tokens
+        room, limit = session.window.split(empty, task, "recite", wanted)
         found = await retrieve(session, task, room, self.options)
         session.plan("reader", 1)
         call = await session.call("reader", 0, recite_messages(session, task, found.context), limit)
@@ -52,10 +53,7 @@ class Recite(Rag):
 
 
 def recite_messages(session: Session, task: Task, passages: str) -> Messages:
-    return session.prompt("recite", "answer").render(
-        document=passages, query=query_text(task), choices=task.lettered_choices, kind=str(task.kind),
-        requirement=session.format(task).requirement,
-    )
+    return render(session, "recite", "answer", task, document=passages)
 
 
 def read_recital(output: str) -> tuple[str, str, str]:

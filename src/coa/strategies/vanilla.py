@@ -7,8 +7,10 @@ from typing import Literal
 from pydantic import Field
 
 from coa.models.base import truncate_to_tokens
-from coa.strategies.base import Session, Strategy, answer_messages, register
+from coa.session import Session
+from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options
+from coa.strategies.toolbox import answer_messages
 from coa.task import Task
 
 
@@ -25,20 +27,20 @@ class Vanilla(Strategy):
     Options = VanillaOptions
 
     async def solve(self, session: Session, task: Task):
-        room, limit = session.split_room(answer_messages(session, task, ""), task, "vanilla")
+        room, limit = session.window.split(answer_messages(session, task, ""), task, "vanilla")
         document = truncate(session, task.document, room, self.options.truncate)
         session.plan("reader", 1)
         call = await session.call("reader", 0, answer_messages(session, task, document), limit)
-        return call.output, {"document_tokens": session.tokens(task.document), "kept_tokens": session.tokens(document)}
+        return call.output, {"document_tokens": session.window.tokens(task.document), "kept_tokens": session.window.tokens(document)}
 
 
 def truncate(session: Session, text: str, room: int, drop: str) -> str:
     """`text` within `room` tokens, dropping its middle, head or tail."""
-    if session.tokens(text) <= room:
+    if session.window.tokens(text) <= room:
         return text
     if drop == "head":
         return truncate_to_tokens(session.model, text, room, keep="tail")
     if drop == "tail":
         return truncate_to_tokens(session.model, text, room, keep="head")
     head = truncate_to_tokens(session.model, text, room // 2, keep="head")
-    return head + truncate_to_tokens(session.model, text[len(head) :], room - session.tokens(head), keep="tail")
+    return head + truncate_to_tokens(session.model, text[len(head) :], room - session.window.tokens(head), keep="tail")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from coa.strategies.base import Progress
+from coa.session import Progress
 from coa.task import Call
 
 
