@@ -118,6 +118,7 @@ class Session:
             path=path,
             cached_tokens=completion.cached_tokens,
             prefill_seconds=completion.prefill_seconds,
+            from_cache=completion.from_cache,
         )
         self._spent += call.prompt_tokens + call.completion_tokens - (prompt + max_tokens)
         if then is not None:

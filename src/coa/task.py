@@ -86,6 +86,7 @@ class Call:
     note: str | None = None  # what the strategy did with the output (guard fired, dropped, ...)
     cached_tokens: int = 0  # of prompt_tokens, those the backend reused from its cache
     prefill_seconds: float | None = None  # of seconds, the prompt's evaluation, where the backend tells
+    from_cache: bool = False  # answered by the response cache (--cache): original token counts, zero seconds
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ def model_options(command, *, key_option: str = "--api-key"):
         click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_finite),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
                      help="Seconds one call to a model server may take, retries included."),
+        click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), envvar="COA_CACHE",
+                     help="SQLite file of model responses: a call made before is answered from it [env: COA_CACHE]."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -43,7 +43,7 @@ ANSWERS = "answers.jsonl"
 @click.option("--retry-errors", is_flag=True, help="With --resume, run failed pairs again.")
 @click.option("--replace", is_flag=True,
               help="Drop the results --out holds (of this corpus or another) and start over.")
-def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key, window, max_cu_tokens, temperature, timeout,
+def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key, cache, window, max_cu_tokens, temperature, timeout,
           max_calls, max_total_tokens, prompts_dir, concurrency, executor, ray_address, limit, resume, retry_errors,
           replace) -> None:
     """Answer every row of IN.jsonl with each strategy; results stream into OUT/results.sqlite.
@@ -65,7 +65,7 @@ def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key
                             embed_api_key=embed_api_key, max_calls=max_calls, max_total_tokens=max_total_tokens,
                             prompts_dir=prompts_dir, corpus=corpus, replace=replace)
     examples = read_corpus(corpus, limit)  # a broken row stops the command before anything is written
-    spec = ModelSpec(model, window=largest_window(window, labels), base_url=base_url, api_key=api_key, timeout=timeout)
+    spec = ModelSpec(model, window=largest_window(window, labels), base_url=base_url, api_key=api_key, timeout=timeout, cache=cache)
     answers = out / ANSWERS
     with Interrupts() as interrupts, store_errors(out):
         work = None

@@ -75,7 +75,7 @@ def make_executor(executor: str, ray_address: str | None, concurrency: int, spec
               help="Where the datasets live [env: COA_DATA_DIR; default: ~/.local/share/chainofagents/data].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
 @executor_options
-def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, window, max_cu_tokens, temperature, timeout,
+def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, cache, window, max_cu_tokens, temperature, timeout,
              max_calls, max_total_tokens, prompts_dir, limit, concurrency, out, resume, retry_errors, rerun, seed, data_dir,
              opts, executor, ray_address) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
@@ -97,7 +97,7 @@ def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, windo
         try:
             # The backend loads once, at the largest window a strategy asks for (vanilla:window=N, the full context).
             spec = ModelSpec(model, window=largest_window(window, evaluation.strategies), base_url=base_url,
-                             api_key=api_key, timeout=timeout)
+                             api_key=api_key, timeout=timeout, cache=cache)
             backend = spec.load()  # here too with Ray: it measures the lengths of generated examples
             runner = make_executor(executor, ray_address, concurrency, spec, backend)
             outcome = run(evaluation, backend, executor=runner, console=stderr)

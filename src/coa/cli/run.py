@@ -79,7 +79,7 @@ def _run(file: str, make_tasks, **settings) -> None:
             fail(str(e) or interrupts.what, interrupts.exit_code)
 
 
-def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, embed_api_key, window,
+def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, embed_api_key, cache, window,
            max_cu_tokens, requirement, temperature, timeout, seed, concurrency, max_calls, max_total_tokens, prompts_dir,
            as_json, trace, verbose) -> None:
     from coa.models.registry import load_model
@@ -96,7 +96,7 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
         stderr.print(f"warning: {warning}")
     tasks = make_tasks(document.text)
     task_format(tasks[0].kind, prompts_dir)  # a broken tasks.yaml override fails before the model loads
-    backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
+    backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout, cache=cache)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir, max_calls=max_calls, max_total_tokens=max_total_tokens,
                     embed_api_key=embed_api_key)

@@ -53,7 +53,7 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
           store: Path | None,
           max_request_bytes: int, max_concurrent: int, concurrency: int, opts: tuple[str, ...], docs: bool,
           prompts_dir: Path | None, seed: int | None,
-          log_level: str, model: str, base_url: str | None, api_key: str | None, embed_api_key: str | None, window: int, max_cu_tokens: int | None,
+          log_level: str, model: str, base_url: str | None, api_key: str | None, embed_api_key: str | None, cache: Path | None, window: int, max_cu_tokens: int | None,
           temperature: float, timeout: float) -> None:
     """Serve the strategies over HTTP: OpenAI's chat completions, a job API and a page at /."""
     uvicorn = require("uvicorn", "serve", "coa serve")
@@ -71,7 +71,7 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
     keys = [key.strip() for key in api_keys] + read_keys(api_key_file)
     options = parse_pairs(opts)
     operator_options(options)  # a bad --opt is refused before the model loads
-    backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout)
+    backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout, cache=cache)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir, embed_api_key=embed_api_key)
     listener = bind(host, port)

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from coa.config import Config
@@ -60,12 +61,13 @@ class ModelSpec:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never in a repr, a log line or an error
     timeout: float | None = None
+    cache: Path | None = None  # the response cache file, where one is used
 
     def load(self) -> Model:
         from coa.models.registry import load_model
 
         return load_model(self.name, window=self.window, base_url=self.base_url, api_key=self.api_key,
-                          timeout=self.timeout)
+                          timeout=self.timeout, cache=self.cache)
 
     def scrub(self, text: str) -> str:
         """`text` with the key and any credentials of the server URL hidden."""

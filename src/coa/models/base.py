@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,7 @@ class Completion:
     finish_reason: str = "stop"  # "stop", "length" or "repetition"
     cached_tokens: int = 0  # prompt tokens the backend reused from its cache instead of evaluating
     prefill_seconds: float | None = None  # time spent evaluating the prompt, where the backend tells
+    from_cache: bool = False  # answered by the response cache (coa.models.cache), not the model
 
 
 Embed = Callable[[list[str]], list[list[float]]]  # texts in, one vector each, in order
@@ -75,6 +77,15 @@ class Model(ABC):
         from coa.errors import ConfigError
 
         raise ConfigError(f"dense retrieval with {self.name}, which is not on a server, needs --opt embed_url=URL")
+
+    def identity(self, digest: Callable[[Path], str]) -> str:
+        """What makes this backend's completions what they are, for the response cache's key (never a
+        secret); `digest(path)` gives a file's SHA-256. By default the backend's name."""
+        return self.name
+
+    def scoped(self, scope: str) -> Model:
+        """This backend for one client of a server (the response cache keeps clients apart)."""
+        return self
 
 
 def count_prompt(model: Model, messages: Messages) -> int:

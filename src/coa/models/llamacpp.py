@@ -9,6 +9,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cached_property
@@ -193,6 +194,9 @@ class LlamaCppModel(Model):
     @property
     def context_window(self) -> int:
         return self._llm.n_ctx()
+
+    def identity(self, digest: Callable[[Path], str]) -> str:
+        return f"gguf:sha256:{digest(self.path)}"  # the file's contents, wherever it lies and whatever its name
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text))

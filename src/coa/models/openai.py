@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -132,6 +133,11 @@ class OpenAIModel(Model):
     def with_model(self, model: str) -> OpenAIModel:
         """Another model on the same server with the same key and timeout."""
         return OpenAIModel(model, base_url=self.base_url, api_key=self._api_key, timeout=self.timeout)
+
+    def identity(self, digest: Callable[[Path], str]) -> str:
+        parts = urlsplit(self.base_url)  # no user name, password or query: no secret
+        host = parts.hostname or ""
+        return f"openai:{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}:{self.model}"
 
     def embedder(self, model: str) -> Embed:
         """Embeddings from `model` on this server, with this key: one client per model, reused."""

@@ -27,9 +27,11 @@ def load_model(
     base_url: str | None = None,
     api_key: str | None = None,
     timeout: float | None = None,
+    cache: Path | str | None = None,
 ) -> Model:
     """The backend for a model name; `window` sizes a local model's context, `timeout` bounds each
-    call to a server in seconds (retries included; default 120)."""
+    call to a server in seconds (retries included; default 120), `cache` names a response cache
+    file (coa.models.cache) the backend's completions are kept in and answered from."""
     prefix, colon, argument = name.partition(":")
     factory = BACKENDS.get(prefix)
     settings = dict(window=window, base_url=base_url, api_key=api_key, timeout=timeout)
@@ -38,7 +40,9 @@ def load_model(
         raise ConfigError(f"model {name!r} needs a {wanted.lower()}: {form(prefix, factory)}")
     if not wanted and colon:
         raise ConfigError(f"model {prefix!r} takes nothing after the colon: use {prefix}")
-    return factory(argument, **settings) if wanted else factory(**settings)
+    from coa.models.cache import cached
+
+    return cached(factory(argument, **settings) if wanted else factory(**settings), cache)
 
 
 def argument_name(factory: Factory) -> str | None:

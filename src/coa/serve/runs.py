@@ -152,7 +152,7 @@ class Runner:
                 raise asyncio.CancelledError
             loop.call_soon_threadsafe(self._observe, run, event)
 
-        solver = strategy(self.model, config, options=options, observer=observe)
+        solver = strategy(self.model.scoped(owner), config, options=options, observer=observe)  # a cache keeps clients apart
         run.job = asyncio.create_task(self._execute(run, solver))
         return run
 
