@@ -256,3 +256,18 @@ def test_the_ray_executor_without_ray_names_the_extra(tmp_path, corpus, command)
     assert result.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert err.strip() == "error: --executor ray needs the [ray] extra: pip install 'chainofagents[ray]'"
     assert not (tmp_path / "run" / "results.sqlite").exists()
+
+
+def test_batch_takes_the_requirement_and_seed_of_ask_and_a_changed_requirement_reruns(tmp_path, corpus):
+    run_dir = tmp_path / "run"
+    first = run_cli("batch", corpus, "--out", run_dir, "-s", "vanilla", *SCRIPTED, "--requirement", "Answer in Latin.",
+                    "--seed", "11", "--limit", "1")
+    assert first.returncode == 0, first.stderr
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        (trace,) = db.execute("SELECT trace FROM results").fetchone()
+    trace = json.loads(trace)
+    assert "Answer in Latin." in trace["calls"][0]["messages"][-1]["content"] and trace["settings"]["seed"] == 11
+    again = run_cli("batch", corpus, "--out", run_dir, "-s", "vanilla", *SCRIPTED, "--requirement", "Answer in Greek.",
+                    "--seed", "11", "--limit", "1", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "done 1" in again.stdout.decode() and "rerun 1 changed" in (again.stdout + again.stderr).decode()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from coa.cli import Interrupts, cli, fail, model_options, stderr
+from coa.cli.common import Interrupts, cli, fail, model_options, stderr
 from coa.cli.evaluate import (
     comma_list,
     executor_options,
@@ -18,6 +18,7 @@ from coa.cli.evaluate import (
     run_limit_options,
     store_errors,
 )
+from coa.config import Config
 from coa.errors import CoaError, InputError
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ ANSWERS = "answers.jsonl"
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="An option for every strategy (repeatable), e.g. order=rtl.")
 @model_options
 @run_limit_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed; also seeds permutations.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Pairs in flight at once.")
 @executor_options
 @click.option("--limit", "-n", type=click.IntRange(min=1), help="Use the first N rows of IN.jsonl.")
@@ -44,7 +46,7 @@ ANSWERS = "answers.jsonl"
 @click.option("--replace", is_flag=True,
               help="Drop the results --out holds (of this corpus or another) and start over.")
 def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key, cache, window, max_cu_tokens, temperature, timeout,
-          max_calls, max_total_tokens, prompts_dir, concurrency, executor, ray_address, limit, resume, retry_errors,
+          requirement, max_calls, max_total_tokens, prompts_dir, seed, concurrency, executor, ray_address, limit, resume, retry_errors,
           replace) -> None:
     """Answer every row of IN.jsonl with each strategy; results stream into OUT/results.sqlite.
 
@@ -59,11 +61,11 @@ def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key
     suffix = "".join(f":{o.strip()}" for o in opts)
     labels = [label + suffix for text in strategies for label in comma_list(text)]
     dataset = f"batch:{corpus.name}"
-    evaluation = Evaluation(dataset=dataset, strategies=labels, model=model, window=window, max_cu_tokens=max_cu_tokens,
-                            temperature=temperature, limit=limit, concurrency=concurrency, out=out, resume=resume,
-                            retry_errors=retry_errors, base_url=base_url, api_key=api_key,
-                            embed_api_key=embed_api_key, max_calls=max_calls, max_total_tokens=max_total_tokens,
-                            prompts_dir=prompts_dir, corpus=corpus, replace=replace)
+    config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, max_calls=max_calls,
+                    max_total_tokens=max_total_tokens, prompts_dir=prompts_dir, embed_api_key=embed_api_key)
+    evaluation = Evaluation(dataset=dataset, strategies=labels, model=model, config=config, requirement=requirement,
+                            limit=limit, concurrency=concurrency, out=out, resume=resume, retry_errors=retry_errors,
+                            base_url=base_url, api_key=api_key, corpus=corpus, replace=replace)
     examples = read_corpus(corpus, limit)  # a broken row stops the command before anything is written
     spec = ModelSpec(model, window=largest_window(window, labels), base_url=base_url, api_key=api_key, timeout=timeout, cache=cache)
     answers = out / ANSWERS

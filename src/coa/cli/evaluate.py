@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from coa.cli import Interrupts, cli, fail, model_options, prompts_dir_option, stderr
+from coa.cli.common import Interrupts, cli, fail, model_options, prompts_dir_option, stderr
+from coa.config import Config
 from coa.errors import CoaError, ConfigError, InputError
 
 
@@ -28,8 +29,9 @@ def executor_options(command):
 
 
 def run_limit_options(command):
-    """Settings of each pair's run: its limits and the prompt files."""
+    """Settings of each pair's run: its limits, the answer requirement and the prompt files."""
     options = [
+        click.option("--requirement", help="Replace each task's answer requirement (as `coa ask --requirement`)."),
         click.option("--max-calls", type=click.IntRange(min=1),
                      help="Each pair makes at most this many model calls (coa answers from what it read by then)."),
         click.option("--max-total-tokens", type=click.IntRange(min=1),
@@ -76,7 +78,7 @@ def make_executor(executor: str, ray_address: str | None, concurrency: int, spec
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
 @executor_options
 def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, cache, window, max_cu_tokens, temperature, timeout,
-             max_calls, max_total_tokens, prompts_dir, limit, concurrency, out, resume, retry_errors, rerun, seed, data_dir,
+             requirement, max_calls, max_total_tokens, prompts_dir, limit, concurrency, out, resume, retry_errors, rerun, seed, data_dir,
              opts, executor, ray_address) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
     from coa.eval.executors import ModelSpec
@@ -85,13 +87,12 @@ def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, cache
     from coa.eval.runner import evaluate as run
     from coa.strategies.options import parse_pairs
 
+    config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, max_calls=max_calls,
+                    max_total_tokens=max_total_tokens, prompts_dir=prompts_dir, embed_api_key=embed_api_key)
     evaluation = Evaluation(
-        dataset=dataset, strategies=comma_list(strategies), model=model, window=window,
-        max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, limit=limit, concurrency=concurrency,
-        out=out, resume=resume, retry_errors=retry_errors, rerun=comma_list(rerun),
-        data_dir=data_dir, options=parse_pairs(opts),
-        base_url=base_url, api_key=api_key, embed_api_key=embed_api_key,
-        max_calls=max_calls, max_total_tokens=max_total_tokens, prompts_dir=prompts_dir,
+        dataset=dataset, strategies=comma_list(strategies), model=model, config=config, requirement=requirement,
+        limit=limit, concurrency=concurrency, out=out, resume=resume, retry_errors=retry_errors,
+        rerun=comma_list(rerun), data_dir=data_dir, options=parse_pairs(opts), base_url=base_url, api_key=api_key,
     )
     with Interrupts() as interrupts, store_errors(out):
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from coa.cli import cli
+from coa.cli.common import cli
 from coa.errors import CoaError
 
 

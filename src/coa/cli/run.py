@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from coa.cli import Interrupts, cli, fail, model_options, prompts_dir_option, stderr
+from coa.cli.common import Interrupts, cli, fail, model_options, prompts_dir_option, stderr
 from coa.cli.progress import CallPrinter
 from coa.config import Config
 from coa.documents import read_document

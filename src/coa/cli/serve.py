@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from coa.cli import cli, model_options, prompts_dir_option, stderr
+from coa.cli.common import cli, model_options, prompts_dir_option, stderr
 from coa.config import Config
 from coa.errors import InputError
 from coa.extras import require

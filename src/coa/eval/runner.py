@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +23,6 @@ from coa.config import Config
 from coa.errors import CoaError, ConfigError, InputError
 from coa.eval.datasets import Example, Source, jsonl, load
 from coa.eval.executors import Executor, LocalExecutor, Pair
-from coa.eval.executors import run_pair as run_pair  # where it lived before the executors
 from coa.eval.store import Store
 from coa.identity import pair_fingerprint, run_settings
 from coa.models.base import Model
@@ -57,10 +56,8 @@ class Evaluation:
     dataset: str
     strategies: list[str]
     model: str = "embedded"
-    window: int = 8192
-    max_cu_tokens: int | None = None
-    temperature: float = 0.0
-    seed: int = 0
+    config: Config = field(default_factory=Config)  # every pair's run settings (window, sampling, limits, prompts)
+    requirement: str | None = None  # replaces each task's answer requirement
     limit: int | None = None
     concurrency: int = 1  # pairs in flight at once
     out: Path = Path("runs/latest")
@@ -71,10 +68,6 @@ class Evaluation:
     options: dict[str, str] = field(default_factory=dict)  # the dataset's options
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
-    embed_api_key: str | None = field(default=None, repr=False)  # never recorded (see run_config)
-    max_calls: int | None = None  # per pair
-    max_total_tokens: int | None = None  # per pair
-    prompts_dir: Path | None = None
     # coa batch: the corpus file. Its --out then holds that one corpus: another is refused, unless
     # `replace`, which drops every batch run stored there and starts over.
     corpus: Path | None = None
@@ -86,11 +79,6 @@ class Evaluation:
         if self.replace and (self.resume or self.rerun):
             raise ConfigError("--replace drops the stored results and starts over; it does not go with --resume")
 
-    def settings(self) -> Config:
-        """The settings every pair runs with."""
-        return Config(window=self.window, max_cu_tokens=self.max_cu_tokens, temperature=self.temperature, seed=self.seed,
-                      max_calls=self.max_calls, max_total_tokens=self.max_total_tokens, prompts_dir=self.prompts_dir,
-                      embed_api_key=self.embed_api_key)
 
 
 def run_config(evaluation: Evaluation) -> dict[str, Any]:
@@ -98,14 +86,15 @@ def run_config(evaluation: Evaluation) -> dict[str, Any]:
         "dataset": evaluation.dataset,
         **({"corpus": str(evaluation.corpus.resolve())} if evaluation.corpus else {}),
         "model": evaluation.model,
-        "window": evaluation.window,
-        "max_cu_tokens": evaluation.max_cu_tokens,
-        "temperature": evaluation.temperature,
-        "seed": evaluation.seed,
+        "window": evaluation.config.window,
+        "max_cu_tokens": evaluation.config.max_cu_tokens,
+        "temperature": evaluation.config.temperature,
+        "seed": evaluation.config.seed,
         "options": evaluation.options,
-        "max_calls": evaluation.max_calls,
-        "max_total_tokens": evaluation.max_total_tokens,
-        "prompts_dir": str(evaluation.prompts_dir.resolve()) if evaluation.prompts_dir else None,
+        "max_calls": evaluation.config.max_calls,
+        "max_total_tokens": evaluation.config.max_total_tokens,
+        "prompts_dir": str(evaluation.config.prompts_dir.resolve()) if evaluation.config.prompts_dir else None,
+        "requirement": evaluation.requirement,
         "limit": evaluation.limit,
         "strategies": evaluation.strategies,
         "version": metadata.version("chainofagents"),
@@ -166,7 +155,7 @@ def evaluate(evaluation: Evaluation, model: Model, *, executor: Executor | None 
 
     def examples() -> list[Example]:
         return load(evaluation.dataset, data_dir=evaluation.data_dir, options=evaluation.options,
-                    seed=evaluation.seed, count_tokens=model.count_tokens, limit=evaluation.limit)
+                    seed=evaluation.config.seed or 0, count_tokens=model.count_tokens, limit=evaluation.limit)
 
     return execute(evaluation, examples, executor or LocalExecutor(model, evaluation.concurrency), console=console)
 
@@ -214,8 +203,10 @@ def plan(evaluation: Evaluation, examples: Callable[[], list[Example]]) -> Plan:
         config["strategies"] = list(dict.fromkeys(previous["strategies"] + config["strategies"]))
         config["started"] = previous["started"]
         config["git"] = ", ".join(dict.fromkeys(h for h in [*(previous.get("git") or "").split(", "), config["git"]] if h))
-    settings = run_settings(evaluation.model, evaluation.settings())  # reads the prompt files: before any change
+    settings = run_settings(evaluation.model, evaluation.config)  # reads the prompt files: before any change
     loaded = examples()
+    if evaluation.requirement is not None:  # in each task, so that the pairs' fingerprints hold it
+        loaded = [replace(e, task=replace(e.task, requirement=evaluation.requirement)) for e in loaded]
     if evaluation.replace:
         for name in dict.fromkeys([*(d for d, _ in others), dataset]):
             store.drop(name)
@@ -287,7 +278,7 @@ def _run(work: Plan, executor: Executor, console: Console) -> list[dict]:
             rows[row["example"], row["strategy"]] = row
             progress.advance(bar)
 
-        executor.run(dataset, work.evaluation.settings(), work.pending, on_row)
+        executor.run(dataset, work.evaluation.config, work.pending, on_row)
     return [rows[e.id, s.label] for _, e, s in work.pending if (e.id, s.label) in rows]
 
 
