@@ -29,6 +29,27 @@ def books() -> Path:
     return path
 
 
+# A skip is not a pass. Tests skip, with these words in their reason, where the shared data, Chromium or
+# llama-server is missing; where CI is set, such a skip fails the test instead, so that a CI machine
+# that lacks one cannot report the tests that need it as passed. Other skips stay skips.
+MISSING = ("real data not found", "no Chromium installed", "Playwright cannot start", "no llama-server binary",
+           "COA_LLAMA_SERVER=")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.skipped and in_ci() and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2]
+        if any(words in reason for words in MISSING):
+            report.outcome = "failed"
+            report.longrepr = f"CI is set, and a skip is not a pass: {reason}"
+
+
 @pytest.fixture(scope="session")
 def embedded():
     from coa import load_model

@@ -165,6 +165,10 @@ def no_trace_left(w: World, args: list) -> None:
     assert not Path(args[args.index("--trace") + 1]).exists()
 
 
+def no_store_left(w: World, args: list) -> None:
+    assert not Path(args[args.index("--store") + 1]).exists()
+
+
 def ask(*more):
     """`coa ask` on the story with the scripted model; `more` may hold functions of the World."""
     return lambda w: ["ask", w.story, "Q?", *SCRIPTED, *(m(w) if callable(m) else m for m in more)]
@@ -299,6 +303,23 @@ CASES = [
     Case("report-corrupt-store", lambda w: ["report", w.copy("corrupt")], "not a coa results store", check=kept("corrupt")),
     Case("report-foreign-sqlite", lambda w: ["report", w.copy("foreign")], "not a coa results store", check=kept("foreign")),
     Case("report-empty-store", lambda w: ["report", w.copy("zero")], "holds no results", check=kept("zero")),
+    # batch: the corpus, read before anything is written
+    Case("batch-missing-corpus", lambda w: ["batch", w.root / "missing.jsonl", "--out", w.fresh(), *SCRIPTED],
+         "missing.jsonl: no such JSONL file", check=nothing_created),
+    Case("batch-row-not-json", lambda w: ["batch", w.root / "not-json.jsonl", "--out", w.fresh(), *SCRIPTED],
+         "not-json.jsonl:1: not JSON", check=nothing_created),
+    Case("batch-row-is-a-list", lambda w: ["batch", w.root / "list-row.jsonl", "--out", w.fresh(), *SCRIPTED],
+         "list-row.jsonl:2: expected a JSON object, not a list", check=nothing_created),
+    # serve: its keys, checked before it listens or opens its store
+    Case("serve-blank-key", lambda w: ["serve", "--model", "scripted", "--api-key", " ", "--store", w.fresh() / "s.sqlite"],
+         "an empty or blank key is refused", check=no_store_left),
+    Case("serve-key-file-missing", lambda w: ["serve", "--model", "scripted", "--api-key-file", w.root / "keys.txt",
+                                              "--store", w.fresh() / "s.sqlite"],
+         "keys.txt: cannot read (No such file or directory)", check=no_store_left),
+    # strategies, models, datasets: they take no input but their name
+    Case("strategies-extra-argument", lambda w: ["strategies", "coa"], "Got unexpected extra argument (coa)"),
+    Case("models-unknown-flag", lambda w: ["models", "--all"], "No such option '--all'"),
+    Case("datasets-unknown-flag", lambda w: ["datasets", "--json"], "No such option '--json'"),
 ]
 
 
@@ -353,8 +374,13 @@ class WorldStub:
 
 
 def test_cases_cover_every_command():
+    """Every command of the CLI, as its click group lists them, so that a new one cannot be forgotten."""
+    from coa.cli import cli
+
     commands = {c.args(WorldStub())[0] for c in CASES}
-    assert {"ask", "summarize", "complete", "eval", "report"} <= commands and len(CASES) >= 40
+    assert set(cli.commands) >= {"ask", "batch", "eval", "report", "serve"}  # the group is the whole CLI
+    assert set(cli.commands) <= commands, f"no bad-input case for: {sorted(set(cli.commands) - commands)}"
+    assert len(CASES) >= 40
 
 
 def test_a_failed_eval_does_not_block_the_corrected_command(world):

@@ -6,8 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coa import ChainOfAgents, Config, ConfigError, ContextOverflowError, Kind, ScriptedModel, Task
-from coa.models.base import count_prompt
+from coa.budget import MIN_ANSWER_TOKENS, MIN_CHUNK_TOKENS, SAFETY_TOKENS
+from coa.evidence import REPLY_TOKENS
+from coa.models.base import MESSAGE_OVERHEAD, REPLY_OVERHEAD, count_prompt
 from coa.prompts import load_prompt, task_format
+from coa.session import Session, ignore
+from coa.strategies.chaining import evidence_messages, uses_evidence, worker_messages
+from coa.strategies.manager import manager_messages
 
 
 def document(sentences: int) -> str:
@@ -28,6 +33,7 @@ def user_text(messages):
     return messages[-1]["content"]
 
 
+WORDS = re.compile(r"\w+|[^\w\s]")  # the scripted model's tokens
 FENCED = re.compile(r"<(document-[0-9a-f]+)>\n(.*?)\n</\1>", re.DOTALL)
 
 
@@ -45,6 +51,32 @@ def sentences_read(model):
     return numbers
 
 
+def task_of(kind: Kind, sentences: int) -> Task:
+    return Task(
+        document(sentences),
+        query=None if kind in (Kind.SUMMARIZE, Kind.CODE) else "What happened in event 7?",
+        kind=kind,
+        choices=("event seven", "event eight") if kind is Kind.MCQ else (),
+    )
+
+
+def too_little_room(model, window: int, cu_tokens: int, task: Task) -> bool:
+    """Whether, by the budget's own arithmetic, the chain's prompts leave too little room: the worker's
+    (with the CU it reads and the reply it writes kept) for MIN_CHUNK_TOKENS of text, or the manager's
+    (with the CU it reads kept) for MIN_ANSWER_TOKENS of answer."""
+    config = Config(window=window, max_cu_tokens=cu_tokens)
+    session = Session(model, config, ignore)
+    options = ChainOfAgents(model, config).options
+    if uses_evidence(options, task):  # the evidence so far in, a short reply out
+        worker, reserve = evidence_messages(session, task, "", "x"), cu_tokens + min(REPLY_TOKENS, cu_tokens)
+    else:  # the paper's CU in, the next CU out
+        worker, reserve = worker_messages(session, task, "", "x", 1, 1), 2 * cu_tokens
+    manager = manager_messages(session, task, "", options)
+    text = window - count_prompt(model, worker) - reserve - SAFETY_TOKENS
+    answer = window - count_prompt(model, manager) - cu_tokens - SAFETY_TOKENS
+    return text < MIN_CHUNK_TOKENS or answer < MIN_ANSWER_TOKENS
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     sentences=st.integers(min_value=1, max_value=150),
@@ -54,24 +86,31 @@ def sentences_read(model):
     kind=st.sampled_from(list(Kind)),
 )
 def test_no_prompt_ever_exceeds_the_window(sentences, window, cu_tokens, output_words, kind):
-    # Outputs longer than the CU limit are cut by the model like a real one would; the chain
-    # must still keep every prompt plus its generation limit inside the window.
+    # Outputs longer than the CU limit are cut by the model like a real one would. Session.call refuses
+    # (ContextOverflowError) any prompt that would not fit with its generation limit, so a run that
+    # finishes without re-splitting budgeted every chunk right the first time.
     model = ScriptedModel(reply=lambda m: "word " * output_words[len(model.prompts) % len(output_words)], context_window=window)
-    task = Task(
-        document(sentences),
-        query=None if kind in (Kind.SUMMARIZE, Kind.CODE) else "What happened in event 7?",
-        kind=kind,
-        choices=("event seven", "event eight") if kind is Kind.MCQ else (),
-    )
+    task = task_of(kind, sentences)
     try:
         result = ChainOfAgents(model, Config(window=window, max_cu_tokens=cu_tokens)).run(task)
-    except ConfigError:
-        return  # a window too small for this prompt is refused up front, never overrun
-    # Budgeting got every chunk right the first time: no call was refused, nothing re-split.
+    except ConfigError as e:
+        # A window too small is refused up front, before any call, and only where it is too small.
+        assert "too small" in str(e) and model.prompts == []
+        assert too_little_room(model, window, cu_tokens, task), e
+        return
+    assert not too_little_room(model, window, cu_tokens, task)  # and a window too small is never run with
     assert result.settings["rechunks"] == 0
     assert len(model.prompts) == len(result.calls)
-    for messages, max_tokens in zip(model.prompts, model.max_tokens, strict=False):
-        assert count_prompt(model, messages) + max_tokens <= window
+
+
+def test_few_windows_in_the_generated_range_are_refused():
+    """The property above proves little if most of its cases are refusals: over a grid of its
+    windows, CU limits and kinds, the prompts leave room nearly everywhere."""
+    cases = [(window, cu, kind) for window in range(330, 2001, 60) for cu in (1, 20, 40, 60) for kind in Kind]
+    refused = [case for case in cases if too_little_room(ScriptedModel(context_window=case[0]), *case[:2], task_of(case[2], 3))]
+    assert len(refused) <= 0.05 * len(cases), refused
+    # ...and the boundary is there: a window far below the range is refused for every kind.
+    assert all(too_little_room(ScriptedModel(context_window=150), 150, 40, task_of(kind, 3)) for kind in Kind)
 
 
 def test_cu_of_worker_i_minus_1_reaches_worker_i():
@@ -106,13 +145,21 @@ def test_workers_read_every_chunk_in_order_once():
     assert sentences_read(model) == list(range(80))
 
 
+MARKERS = {  # words of each kind's paper worker instruction
+    Kind.QA: "keeps the evidence needed to answer the question",
+    Kind.MCQ: "keeps the evidence needed to decide between the options",
+    Kind.SUMMARIZE: "running summary",
+    Kind.CODE: "write the next line",
+}
+
+
 @pytest.mark.parametrize(
     ("kind", "query", "choices", "marker"),
     [
-        (Kind.QA, "Who?", (), "keeps the evidence needed to answer the question"),
-        (Kind.MCQ, "Who?", ("Ann", "Bob"), "keeps the evidence needed to decide between the options"),
-        (Kind.SUMMARIZE, None, (), "running summary"),
-        (Kind.CODE, None, (), "write the next line"),
+        (Kind.QA, "Who?", (), MARKERS[Kind.QA]),
+        (Kind.MCQ, "Who?", ("Ann", "Bob"), MARKERS[Kind.MCQ]),
+        (Kind.SUMMARIZE, None, (), MARKERS[Kind.SUMMARIZE]),
+        (Kind.CODE, None, (), MARKERS[Kind.CODE]),
     ],
 )
 def test_each_task_kind_uses_its_own_prompts(kind, query, choices, marker):
@@ -123,9 +170,10 @@ def test_each_task_kind_uses_its_own_prompts(kind, query, choices, marker):
     assert marker in user_text(model.prompts[0])
     assert model.prompts[0][0]["content"] == worker.system.strip()
     assert model.prompts[-1][0]["content"] == manager.system.strip()
-    others = [k for k in Kind if k is not kind]
-    for other in others:
-        assert load_prompt("coa", "worker", other).user.render != worker.user.render
+    assert worker.name == f"coa/worker-{kind}.yaml" and manager.name == f"coa/manager-{kind}.yaml"
+    for other in Kind:  # no other kind's worker instruction shows up in this kind's prompt
+        if other is not kind:
+            assert MARKERS[other] not in user_text(model.prompts[0])
     if choices:
         assert "A. Ann" in user_text(model.prompts[0]) and "B. Bob" in user_text(model.prompts[-1])
     if query:  # a paper worker reads the question and the previous CU ("(none)" for the first)
@@ -269,9 +317,14 @@ def test_trace_accounts_for_every_call_and_serialises():
     assert [c["role"] for c in data["calls"]] == ["worker"] * (len(data["calls"]) - 1) + ["manager"]
     for call in data["calls"]:
         assert {"role", "index", "prompt_tokens", "completion_tokens", "seconds", "output", "span"} <= call.keys()
+    # The totals, counted here from what the model was sent and wrote: the scripted model's tokens are
+    # words and punctuation marks, each message adds MESSAGE_OVERHEAD and the reply REPLY_OVERHEAD, and
+    # its default output "scripted output N" is three tokens.
     assert data["usage"]["calls"] == len(model.prompts)
-    assert data["usage"]["prompt_tokens"] == sum(count_prompt(model, m) for m in model.prompts)
-    assert data["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in data["calls"])
+    assert data["usage"]["prompt_tokens"] == sum(
+        REPLY_OVERHEAD + sum(MESSAGE_OVERHEAD + len(WORDS.findall(m["content"])) for m in messages) for messages in model.prompts
+    )
+    assert data["usage"]["completion_tokens"] == 3 * len(model.prompts)
 
 
 def echo_reply(messages):

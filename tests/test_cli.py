@@ -1,10 +1,13 @@
 """The `coa` command end to end, with the scripted model unless a test needs more."""
 
 import json
+import re
 
+from coa.models.base import MESSAGE_OVERHEAD, REPLY_OVERHEAD
 from conftest import JsonHandler, run_cli, serve
 
 SCRIPTED = ("--model", "scripted", "--window", "400", "--max-cu-tokens", "40")
+WORDS = re.compile(r"\w+|[^\w\s]")  # the scripted model's tokens
 
 
 def test_ask_prints_the_answer_and_progress(story):
@@ -26,8 +29,17 @@ def test_json_has_the_documented_shape(story, tmp_path):
     assert roles.count("worker") >= 3 and roles[-1] == "manager"
     for call in data["calls"]:
         assert {"role", "index", "prompt_tokens", "completion_tokens", "seconds", "output"} <= call.keys()
-    assert data["usage"]["calls"] == len(data["calls"])
-    assert data["usage"]["prompt_tokens"] == sum(c["prompt_tokens"] for c in data["calls"])
+    # The totals, from what is known apart from the counts the model reported: a worker per chunk, the
+    # chunks tiling the story (spans in tokens), then the manager; each prompt's words and punctuation
+    # marks with the template allowances; three tokens for each "scripted output N".
+    spans = [c["span"] for c in data["calls"] if c["role"] == "worker"]
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert spans[-1][1] == len(WORDS.findall(story.read_text()))
+    assert data["usage"]["calls"] == len(spans) + 1
+    assert data["usage"]["prompt_tokens"] == sum(
+        REPLY_OVERHEAD + sum(MESSAGE_OVERHEAD + len(WORDS.findall(m["content"])) for m in c["messages"]) for c in data["calls"]
+    )
+    assert data["usage"]["completion_tokens"] == 3 * len(data["calls"])
     assert json.loads(trace.read_text()) == data
 
 

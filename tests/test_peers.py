@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from coa import Config, ConfigError, Kind, ScriptedModel, Task
 from coa.cli import cli
 from coa.fence import fence
-from coa.models.base import count_prompt
 from coa.strategies import get_strategy
 from coa.strategies.options import parse_options
 from coa.strategies.readagent import page_numbers
@@ -43,13 +42,6 @@ def run(name, task, *, window=1500, cu=40, reply=None, outputs=(), model=None, *
     model = model or ScriptedModel(outputs, reply=reply, context_window=window)
     result = get_strategy(name)(model, Config(window=window, max_cu_tokens=cu), options=options).run(task)
     return model, result
-
-
-def assert_within(model, window):
-    """Every prompt sent, with its generation limit, fits the window."""
-    assert model.prompts
-    for messages, max_tokens in zip(model.prompts, model.max_tokens, strict=True):
-        assert count_prompt(model, messages) + max_tokens <= window
 
 
 # -- shared ---------------------------------------------------------------------------------------
@@ -97,9 +89,10 @@ def test_multiple_choice_prompts_show_the_lettered_options(name):
 @pytest.mark.parametrize("window", [500, 900, 2500])
 @pytest.mark.parametrize("words", [3, 400])
 def test_no_peer_sends_a_prompt_beyond_the_window(name, window, words):
+    # Session.call refuses (ContextOverflowError) a prompt that would not fit with its generation limit,
+    # so a peer that budgets wrong fails this run instead of finishing it.
     model, result = run(name, Task(with_needle(150), QUESTION), window=window, reply=lambda m: "word " * words)
-    assert len(model.prompts) == len(result.calls)
-    assert_within(model, window)
+    assert model.prompts and len(model.prompts) == len(result.calls)
 
 
 # -- recite ---------------------------------------------------------------------------------------
@@ -209,8 +202,7 @@ def test_readagent_cuts_gists_and_pages_to_fit_the_window():
             return "gist " * 120
         return "3, 4" if "Which pages" in text else "the answer"
     model, result = run("readagent", Task(document(400), "Who?"), reply=reply, window=1200, page_tokens=300, lookups=2)
-    assert result.settings["page_budget"] == 300 and result.settings["expanded"]
-    assert_within(model, 1200)
+    assert result.settings["page_budget"] == 300 and result.settings["expanded"]  # and it ran: everything fitted
 
 
 def test_readagent_says_when_the_gists_cannot_fit():
@@ -277,7 +269,6 @@ def test_memagent_never_passes_on_more_than_the_memory_size(memory_tokens):
         assert model.count_tokens(call.cu) <= size and call.note == "memory cut to memory_tokens"
     for messages in model.prompts:
         assert model.count_tokens(memory_in(messages)) <= size
-    assert_within(model, 900)
 
 
 def test_memagent_keeps_the_memory_when_a_reply_is_empty():
