@@ -90,6 +90,16 @@ def test_verbose_prints_every_cu_in_full(story, tmp_path):
     assert not any(cu in quiet_lines for cu in cus) and cus[0] in quiet.stderr.decode()  # there, but on the call's line
 
 
+def test_verbose_prints_the_evidence_cu_where_it_is_not_the_output(story, tmp_path):
+    trace = tmp_path / "trace.json"
+    verbose = run_cli("ask", story, "What happened?", *SCRIPTED, "-v", "--trace", trace)  # the evidence CU
+    assert verbose.returncode == 0, verbose.stderr
+    workers = [c for c in json.loads(trace.read_text())["calls"] if c["role"] == "worker"]
+    shown = [line.strip() for line in verbose.stderr.decode().splitlines() if line.startswith("CU ")]
+    assert len(shown) >= len(workers) >= 3  # one per worker at least (the manager's too: the CU it read)
+    assert [f"CU {c['cu'].strip() or '(empty)'}" for c in workers] == shown[:len(workers)]
+
+
 def test_requirement_replaces_the_managers_requirement(story, tmp_path):
     trace = tmp_path / "trace.json"
     result = run_cli("ask", story, "What happened?", *SCRIPTED, "--requirement", "Reply in French.", "--trace", trace)

@@ -35,8 +35,10 @@ class CallPrinter:
         output = " ".join(call.output.split())
         cached = f" ({call.cached_tokens:,} cached)" if call.cached_tokens else ""
         line = f"[bold]{label:<12}[/] {call.prompt_tokens:>6,}{cached} → {call.completion_tokens:<5,} tokens {call.seconds:6.1f}s"
-        if self.verbose:
+        if self.verbose:  # the output in full, then the CU passed on where the strategy made one of it
             self.console.print(line)
             self.console.print(escape(call.output.strip()), style="dim")
+            if call.cu is not None and call.cu.strip() != call.output.strip():
+                self.console.print(f"[bold]CU[/] {escape(call.cu.strip()) or '(empty)'}")
         else:
             self.console.print(f"{line}  [dim]{escape(output)}[/]", no_wrap=True, overflow="ellipsis", crop=True)
