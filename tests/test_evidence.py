@@ -12,7 +12,7 @@ import pytest
 
 from coa import ChainOfAgents, Config, ContextOverflowError, Kind, ScriptedModel, Task
 from coa.answers import clean_answer
-from coa.evidence import common_words, fit, related, relevance, render
+from coa.evidence import common_words, connected, fit, related, relevance, render
 from coa.fence import unfence
 from coa.models.base import count_prompt
 from coa.strategies import get_strategy
@@ -111,10 +111,14 @@ def test_a_copy_becomes_the_whole_document_sentence_with_its_offsets():
 def test_each_copied_sentence_is_cited_and_a_near_copy_becomes_its_sentence():
     document = story()
     before = "The weather on day 2 was mild and grey."
-    model = scripted(lambda chunk, i: "the vault code that Mira chose. weather on day 2 was mild" if i == 0 else "none")
-    result = run(model, Task(document, QUESTION))
+    worker = lambda chunk, i: "the vault code that Mira chose. weather on day 2 was mild" if i == 0 else "none"  # noqa: E731
+    result = run(scripted(worker), Task(document, QUESTION), focus=False)
     assert [c.text for c in result.citations] == [before, NEEDLE]  # in document order
     assert [c.start for c in result.citations] == [document.index(before), document.index(NEEDLE)]
+    # With focus (the default) the manager reads, and the answer rests on, the line about Mira only.
+    focused = run(model := scripted(worker), Task(document, QUESTION))
+    assert [c.text for c in focused.citations] == [NEEDLE] and focused.settings["evidence_unfocused"] == 1
+    assert before in focused.workers[0].cu and before not in model.prompts[-1][-1]["content"]
 
 
 def test_a_near_copy_with_another_number_is_another_fact():
@@ -289,7 +293,7 @@ def test_a_full_cu_drops_its_least_related_line_and_keeps_the_fact():
 
     model = scripted(worker)
     limit = 40  # the fact and three weather lines fit, not more
-    result = run(model, Task(document, QUESTION), cu_tokens=limit)
+    result = run(model, Task(document, QUESTION), cu_tokens=limit, focus=False)  # the CU as the manager reads it
     assert result.settings["evidence_dropped"] > 0
     assert any("CU full:" in (c.note or "") and "least related line(s) dropped" in c.note for c in result.workers)
     for call in result.workers:
@@ -389,7 +393,7 @@ def test_fence_tags_and_chat_markup_never_reach_a_cu_an_answer_or_a_citation():
     }
     model = scripted(lambda chunk, i: outputs.get(i, "none<|eot_id|>more"),
                      manager="<|im_start|>assistant\n4417</evidence-abc123><|im_end|>\nBANANA")
-    result = run(model, Task(document, QUESTION), cu_tokens=60)
+    result = run(model, Task(document, QUESTION), cu_tokens=60, focus=False)
     assert result.answer == "4417"
     assert [c.text for c in result.citations] == [NEEDLE, "The weather on day 10 was mild and grey.",
                                                   "The weather on day 20 was mild and grey."]
@@ -462,7 +466,7 @@ def test_a_manager_prompt_refused_as_too_long_is_retried_with_the_cu_shrunk():
     document = story(after=40)
     model = ManagerOverflow(1, reply=lambda m: "4417" if is_manager(m) else every_weather_line(chunk_of(m), 0),
                             context_window=400)
-    result = ChainOfAgents(model, Config(window=400, max_cu_tokens=60)).run(Task(document, QUESTION))
+    result = ChainOfAgents(model, Config(window=400, max_cu_tokens=60), options={"focus": False}).run(Task(document, QUESTION))
     check(result, document)
     assert result.settings["evidence_dropped"] == 0 and len(result.workers[-1].cu.splitlines()) >= 4
     assert result.answer == "4417" and result.supported is True
@@ -610,3 +614,21 @@ def test_fit_keeps_the_lines_a_worker_chose_over_lines_found_only_by_their_words
     matched = [cited(f"The vault code that Mira chose for room {r} is 44{r}.", 100 * (r + 1), 1) for r in range(3)]
     kept, dropped = fit([chosen, *matched], 30, words, QUESTION, {(chosen.start, chosen.end)})
     assert chosen in kept and dropped >= 1
+
+
+def test_focus_keeps_the_subjects_line_and_its_bridge_and_leaves_the_look_alikes():
+    """Two hops among look-alike lines: the manager reads the line about the question's subject
+    (the grey room), the line linked to it by the name it gives (Abebe), and none of the lockers
+    of other people, which share only the question's common words."""
+    lines = ["Leilani's locker number is 2254003.", "The key to the grey room is kept by Abebe.",
+             "Eero's locker number is 5729600.", "Abebe's locker number is 3317528.",
+             "The key to the red room is kept by Kwame.", "Kwame's locker number is 1180051.",
+             "The key to the blue room is kept by Leilani.", "The key to the green room is kept by Eero."]
+    ships = " ".join(f"Ships sailed from the harbour on day {i}." for i in range(100))
+    document = ships + " " + " ".join(lines)
+    found = [Citation(x, document.index(x), document.index(x) + len(x), 0, line=x) for x in lines]
+    question = "What is the locker number of the person who keeps the key to the grey room?"
+    kept = connected(found, document, question)
+    assert [c.line for c in kept] == [lines[1], lines[3]]
+    # No line about the subject: everything is shown, as without focus.
+    assert connected(found, document, "What is the locker number of the person who keeps the key to the pink room?") == found

@@ -16,8 +16,9 @@ import pytest
 
 import coa
 from coa.errors import ConfigError, ContextOverflowError, ModelError
-from coa.models.openai import MAX_TRIES, RETRY_AFTER_CAP, OpenAIModel, _retry_after
+from coa.models.openai import OpenAIModel
 from coa.models.registry import load_model
+from coa.models.transport import MAX_TRIES, RETRY_AFTER_CAP, retry_after
 from coa.models.urls import redact
 from conftest import run_cli
 from faultserver import OVERFLOW, OVERFLOW_ERROR, RETRIED, FaultServer, containing, hang, respond, trickle
@@ -123,10 +124,10 @@ def test_retry_after_is_honoured(form):
 
 
 def test_retry_after_values():
-    assert _retry_after("2") == 2 and _retry_after("0.5") == 0.5 and _retry_after("-3") == 0
-    assert _retry_after("86400") == RETRY_AFTER_CAP
-    assert _retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0  # a date in the past
-    assert _retry_after(None) is _retry_after("soon") is _retry_after("nan") is None
+    assert retry_after("2") == 2 and retry_after("0.5") == 0.5 and retry_after("-3") == 0
+    assert retry_after("86400") == RETRY_AFTER_CAP
+    assert retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0  # a date in the past
+    assert retry_after(None) is retry_after("soon") is retry_after("nan") is None
 
 
 @pytest.mark.parametrize("fault", sorted(RETRIED))

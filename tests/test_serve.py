@@ -4,6 +4,7 @@ a scripted backend for control flow and the embedded model for a real run."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -300,6 +301,26 @@ def test_unknown_paths_and_methods_get_the_error_shape(tmp_path):
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     assert method.status_code == 405 and set(method.json()["error"]) == {"message", "type", "param", "code"}
     assert run.status_code == 404 and run.json()["error"]["code"] == "run_not_found"
+
+
+class Broken(ScriptedModel):
+    """A backend with a bug: it fails with no error of the library's, as a route starts a run."""
+
+    def scoped(self, scope: str) -> ScriptedModel:
+        raise RuntimeError("a bug in the backend at /srv/private/path")
+
+
+def test_an_unexpected_error_is_a_bare_500_and_its_traceback_is_logged(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR, logger="coa.serve"), running(Broken(context_window=512), tmp_path) as (base, _):
+        reply = httpx.post(f"{base}/v1/chat/completions", json=chat_body(), timeout=30)
+    assert reply.status_code == 500
+    assert reply.json() == {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
+    assert not any(word in reply.text for word in ("Traceback", "RuntimeError", "a bug", "/srv/private")), reply.text
+    [logged] = [record for record in caplog.records if record.name == "coa.serve" and record.exc_info]
+    assert logged.levelno == logging.ERROR and "POST /v1/chat/completions" in logged.getMessage()
+    assert logged.exc_info[0] is RuntimeError
+    assert "Traceback (most recent call last)" in caplog.text and "in scoped" in caplog.text
+    assert "RuntimeError: a bug in the backend at /srv/private/path" in caplog.text
 
 
 # -- the job API ----------------------------------------------------------------------------------------------

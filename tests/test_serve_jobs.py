@@ -91,3 +91,18 @@ def test_a_store_written_before_citations_were_kept_still_opens(tmp_path):
                        "supported": True})
     new = store.run("", "run_new")
     assert new["citations"][0]["text"] == "Thane" and new["supported"] is True
+
+
+def test_a_fault_inside_a_run_is_logged_and_never_shown_to_the_client(tmp_path, caplog):
+    def reply(messages):
+        raise RuntimeError("secret detail of /srv/models/x.gguf")
+
+    with caplog.at_level("ERROR", logger="coa.serve"):
+        with running(ScriptedModel(reply=reply, context_window=512), tmp_path) as (base, _):
+            run_id = httpx.post(f"{base}/v1/runs", json={"document": DOCUMENT, "question": QUESTION}).json()["id"]
+            sse_events(httpx.get(f"{base}/v1/runs/{run_id}/events", timeout=30).text)
+            run = httpx.get(f"{base}/v1/runs/{run_id}").json()
+    assert run["status"] == "failed" and run["error"]["message"] == "internal error"
+    assert "secret detail" not in json.dumps(run) and run["error"]["type"] == "server_error"
+    logged = [r for r in caplog.records if r.name == "coa.serve" and r.exc_info]
+    assert logged and "secret detail" in str(logged[0].exc_info[1])

@@ -34,6 +34,7 @@ MAX_MATCHED = 2  # sentences a chunk gives by their words, of each kind (questio
 MAX_BRIDGE_SENTENCES = 3
 COMMON_SHARE = 0.02
 REPLY_TOKENS = 96  # a worker's reply: a few sentences, or "none"
+MAX_HOPS = 3  # links from the question's subject that the manager's evidence follows (see `connected`)
 
 
 def units(document: str, start: int, end: int) -> list[tuple[int, int]]:
@@ -206,6 +207,28 @@ def common_words(document: str) -> frozenset[str]:
     counts = Counter(w for span in spans for w in content_words(line(document, span)))
     most = max(MAX_BRIDGE_SENTENCES, int(COMMON_SHARE * len(spans)))
     return frozenset(w for w, n in counts.items() if n > most)
+
+
+def connected(evidence: Sequence[Citation], document: str, question: str, hops: int = MAX_HOPS) -> list[Citation]:
+    """The evidence about the question's subject (lines holding a word of it the document seldom
+    uses: "crimson") and the lines linked to those through what they name beyond the question (the
+    person of a first hop, then that person's locker), up to `hops` links; all of it where no line
+    holds the subject. A small manager answers from the first line that looks like an answer
+    ("Nadia's locker number is ..."), so the lines that merely share the question's common words go."""
+    asked = content_words(question)
+    common = common_words(document)
+    rare = asked - common
+    words = [content_words(c.line) for c in evidence]
+    kept = {i for i, w in enumerate(words) if w & rare}
+    if not kept:
+        return list(evidence)
+    for _ in range(hops):
+        bridges = set().union(*(words[i] for i in kept)) - asked - common
+        more = {i for i, w in enumerate(words) if i not in kept and w & bridges}
+        if not more:
+            break
+        kept |= more
+    return [c for i, c in enumerate(evidence) if i in kept]
 
 
 def fit(evidence: list[Citation], limit: int, count: Callable[[str], int], question: str,

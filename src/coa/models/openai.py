@@ -1,9 +1,10 @@
 """Any OpenAI-compatible chat server: OpenAI, vLLM, Ollama, llama.cpp's llama-server, LM Studio.
 
-Requests run on one background event loop so that `asyncio.timeout` can bound a whole call,
-retries and waits included: httpx's own timeouts bound each socket read, which a hung server
-trips only late and a server that trickles bytes never trips. The Model methods stay
-synchronous and thread-safe; each waits in its own thread for its request on that loop.
+The protocol: the requests of chat completions, embeddings and token counts, their replies
+judged (a malformed one retried, an overflow told from other refusals), keys kept out of every
+message, and the best token counter the server offers. The HTTP under it (the background loop,
+the deadline of a call, retries and Retry-After) is coa.models.transport's; `transport=` puts an
+in-process httpx transport under it (tests).
 
 llama-server is recognised (coa.models.discovery) and used for what it adds: prompt caching
 across requests, a tokenizer that gives every token's text, prefill without generation.
@@ -11,24 +12,21 @@ across requests, a tokenizer that gives every token's text, prefill without gene
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from coa.errors import CoaError, ConfigError, ContextOverflowError, ModelError, UnreachableError
+from coa.errors import CoaError, ConfigError, ContextOverflowError, ModelError
 from coa.models.base import Completion, Embed, Messages, Model, count_prompt
 from coa.models.discovery import (
     CHARS_PER_TOKEN_ESTIMATE,
@@ -41,46 +39,14 @@ from coa.models.discovery import (
     tokenizers,
 )
 from coa.models.replies import Malformed, chat_reply, embeddings
+from coa.models.transport import DEFAULT_TIMEOUT, Retry, Transport
+from coa.models.transport import MAX_TRIES as MAX_TRIES  # re-exported: the tries a failed call names
 from coa.models.urls import redact, scrub
 
-DEFAULT_TIMEOUT = 120.0  # seconds for one call, every retry included
-DISCOVERY_TIMEOUT = 10.0  # seconds for each probe of what the server offers (context length, tokenizer)
-MAX_TRIES = 5
-RETRY_AFTER_CAP = 30.0  # seconds: a longer Retry-After is waited only this long
-# Without a server's Retry-After: a random pause of up to 0.5, 1, 2, 4 s ("full jitter"), so that
-# concurrent callers do not retry in lockstep.
-BACKOFF = wait_random_exponential(multiplier=0.5, max=8)
 OVERFLOW_HINTS = ("context length", "context window", "maximum context", "too many tokens", "exceed", "too long")
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class _Retry(Exception):
-    """A failure worth another try: rate limit, server error, dropped connection, malformed reply."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after  # seconds the server asked us to wait, if it said
-
-
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def _run(coroutine):
-    """Run `coroutine` on the shared background loop and wait for its result in this thread."""
-    global _loop
-    with _loop_lock:
-        if _loop is None:
-            _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="coa-http", daemon=True).start()
-    future = asyncio.run_coroutine_threadsafe(coroutine, _loop)
-    try:
-        return future.result()
-    except BaseException:  # an interrupted caller: stop its request too
-        future.cancel()
-        raise
 
 
 class OpenAIModel(Model):
@@ -92,7 +58,10 @@ class OpenAIModel(Model):
         api_key: str | None = None,
         window: int | None = None,
         timeout: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`transport`: httpx's transport for the requests; None for real connections, or an
+        in-process one (`httpx.MockTransport`) in tests. with_model's models share it."""
         # No built-in host: prompts and keys go only where the user pointed. OPENAI_API_KEY is the key
         # of OPENAI_BASE_URL's server: it is taken only where the URL was too, so a URL given in code
         # (an embedding server's) never receives it.
@@ -121,9 +90,7 @@ class OpenAIModel(Model):
         self._where = f"the model server at {redact(base_url)}"  # credentials never shown
         self._requested_window = window
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        # No per-read timeout: a long generation sends nothing until it is done. The whole call
-        # is bounded by `timeout` instead (see _send); only connecting has its own short limit.
-        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(None, connect=DISCOVERY_TIMEOUT))
+        self._http = Transport(self._where, timeout=self.timeout, headers=headers, wire=transport)
         self.token_counter = "unknown"  # which way tokens are counted, once known
         self.warnings: list[str] = []  # what went wrong without failing a call (a tokenizer given up)
         self._tokenizer_lost = False
@@ -132,7 +99,24 @@ class OpenAIModel(Model):
 
     def with_model(self, model: str) -> OpenAIModel:
         """Another model on the same server with the same key and timeout."""
-        return OpenAIModel(model, base_url=self.base_url, api_key=self._api_key, timeout=self.timeout)
+        return OpenAIModel(model, base_url=self.base_url, api_key=self._api_key, timeout=self.timeout,
+                           transport=self._http.wire)
+
+    def close(self) -> None:
+        """Close the HTTP clients, this model's and its embedders', and their connections. A later
+        call opens a new client."""
+        with self._lock:
+            embedders = list(self._embedders.values())
+        for embedder in embedders:
+            embedder.close()
+        self._http.close()
+
+    def __enter__(self) -> OpenAIModel:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     def identity(self, digest: Callable[[Path], str]) -> str:
         parts = urlsplit(self.base_url)  # no user name, password or query: no secret
@@ -243,41 +227,13 @@ class OpenAIModel(Model):
     def _call(self, url: str, payload: dict, parse: Callable[[Any], T]) -> T:
         """POST `payload`, retrying what is worth retrying, within the call's deadline."""
         try:
-            return _run(self._send(url, payload, parse))
+            return self._http.post(url, payload, lambda response: self._read(response, parse))
         except CoaError as e:  # one last pass, so that no secret can leave in a message
             raise type(e)(scrub(str(e), self.base_url, self._api_key)) from None
 
-    async def _send(self, url: str, payload: dict, parse: Callable[[Any], T]) -> T:
-        last: list[_Retry] = []  # the latest retried failure, to name if time runs out
-
-        def pause(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            assert isinstance(error, _Retry)  # the only failure that is retried
-            last[:] = [error]
-            return error.retry_after if error.retry_after is not None else BACKOFF(state)
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Retry), stop=stop_after_attempt(MAX_TRIES), wait=pause, reraise=True
-        )
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await retrying(self._attempt, url, payload, parse)
-        except TimeoutError:
-            cause = f"; the last try: {last[0]}" if last else ""
-            raise ModelError(f"{self._where} gave no complete reply within {self.timeout:g} s{cause}") from None
-        except _Retry as e:
-            raise ModelError(f"{self._where} failed {MAX_TRIES} tries; the last: {e}") from None
-
-    async def _attempt(self, url: str, payload: dict, parse: Callable[[Any], T]) -> T:
-        try:
-            response = await self._client.post(url, json=payload)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise UnreachableError(f"cannot reach {self._where} ({str(e) or type(e).__name__})") from None
-        except httpx.TransportError as e:  # reset, dropped or cut-off connection
-            raise _Retry(f"the connection failed ({str(e) or type(e).__name__})") from None
+    def _read(self, response: httpx.Response, parse: Callable[[Any], T]) -> T:
+        """A reply other than 429 and 5xx (the transport's to retry): refused, or parsed."""
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise _Retry(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
         if status in (401, 403):
             raise ModelError(f"{self._where} rejected the API key (HTTP {status}); "
                              "check the backend's key (--api-key; for coa serve, --backend-api-key) or OPENAI_API_KEY")
@@ -292,24 +248,15 @@ class OpenAIModel(Model):
         try:
             data = response.json()
         except ValueError:
-            raise _Retry("a reply that is not complete JSON") from None
+            raise Retry("a reply that is not complete JSON") from None
         try:
             return parse(data)
         except Malformed as e:
-            raise _Retry(str(e)) from None
+            raise Retry(str(e)) from None
 
     def _probe(self, method: str, url: str, payload: dict | None = None) -> tuple[int, Any]:
         """One quick request whose failure only means "not offered": (status, JSON) or (0, None)."""
-
-        async def probe():
-            async with asyncio.timeout(min(DISCOVERY_TIMEOUT, self.timeout)):
-                response = await self._client.request(method, url, json=payload)
-                return response.status_code, response.json()
-
-        try:
-            return _run(probe())
-        except (httpx.HTTPError, ValueError, TimeoutError):
-            return 0, None
+        return self._http.probe(method, url, payload)
 
     # -- discovery ----------------------------------------------------------------------------
     def _served_window(self) -> int | None:
@@ -357,25 +304,6 @@ class OpenAIModel(Model):
                 warning = f"{error}; token counts are estimated from here on (a token per {CHARS_PER_TOKEN_ESTIMATE} characters)"
                 self.warnings.append(warning)
                 log.warning(warning)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), capped."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
 
 @lru_cache(maxsize=8)

@@ -1,17 +1,25 @@
 """Errors as OpenAI's API gives them: `{"error": {"message", "type", "param", "code"}}` with the
-status that says what went wrong, never 200 with an error inside; and the app's handlers that
-turn every exception into one."""
+status that says what went wrong, never 200 with an error inside; the library's errors mapped
+to them; the app's handlers that turn every exception into one (an unexpected one is logged,
+with its traceback, on logger "coa.serve", and reaches the client as a bare 500); and the
+OpenAPI schema made to say so."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coa.errors import CoaError, ConfigError, LimitError, ModelError, UnreachableError
+
+log = logging.getLogger("coa.serve")
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -57,6 +65,14 @@ def from_coa(error: CoaError, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)  # the input or the settings
 
 
+def checked(make: Callable[[], T], param: str | None = None) -> T:
+    """`make()`, with a library error as the API's error (the CLI's message, status 400)."""
+    try:
+        return make()
+    except CoaError as e:
+        raise from_coa(e, param) from None
+
+
 def validation_error(errors: Any) -> ApiError:
     """A malformed body in one line: where, and what is wrong (the first few problems)."""
     if any(error["type"] == "json_invalid" for error in errors):
@@ -91,9 +107,12 @@ def handle_errors(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception) -> JSONResponse:
+        # The traceback is the operator's, in the log; the client learns only that it failed.
+        log.error("internal error answering %s %s", request.method, request.url.path, exc_info=error)
         return ApiError(500, "internal error", "server_error").response()
 
 
+# -- the schema --------------------------------------------------------------------------------------
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["message", "type", "param", "code"],
     "properties": {"message": {"type": "string"}, "type": {"type": "string"},
@@ -123,3 +142,19 @@ def describe_errors(app: FastAPI, schemas: dict[str, Any] | None = None) -> None
         return app.openapi_schema
 
     app.openapi = schema  # type: ignore[method-assign]
+
+
+def json_body(name: str) -> dict[str, Any]:
+    """The schema of a JSON body that a route reads itself (so that every fault in it is one 400 line)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}}
+
+
+def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    """The models' JSON schemas, and those of the models they hold, as OpenAPI components."""
+    found: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        found |= schema.pop("$defs", {})
+        found[model.__name__] = schema
+    return found

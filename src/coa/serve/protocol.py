@@ -3,6 +3,7 @@
 Bodies follow OpenAI's chat API; fields coa does not use are ignored, as vLLM ignores them.
 coa's own settings come in one namespaced field, `coa`, where a misspelt key is an error.
 Every field coa reads has a strict type: a JSON boolean is no number, a string no boolean.
+A job request comes as JSON or as a multipart form, its document then an uploaded file.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import math
 import sys
 from typing import Annotated, Any, Literal, TypeVar
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
 
-from coa.serve.errors import ApiError, bad_request, validation_error
+from coa.documents import decode_document
+from coa.serve.errors import ApiError, bad_request, checked, validation_error
 from coa.task import Kind, Task
 
 TaskKind = Literal["qa", "mcq", "summarize", "code"]
@@ -192,3 +196,43 @@ def split_conversation(messages: list[Message], *, uploaded: bool = False) -> tu
 def make_task(document: str, query: str | None, task: TaskKind, choices: list[str]) -> Task:
     """The Task a request asks for (its checks raise InputError); an empty query is none."""
     return Task(document, query or None, Kind(task), tuple(choices))
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+async def run_request(request: Request) -> tuple[RunRequest, str | None]:
+    """The job request from a JSON body or a multipart form (with the document as `file`), and the
+    document's text where the request holds it."""
+    media = media_type(request.headers.get("content-type"), ("application/json", "multipart/form-data"))
+    upload: Any = None
+    if media == "multipart/form-data":
+        try:
+            form = await request.form()
+        except Exception as e:  # the multipart parser's own errors: the body is malformed
+            raise bad_request(f"the multipart body cannot be read ({' '.join(str(e).split())})") from None
+        data: dict[str, Any] = {key: value for key, value in form.items() if isinstance(value, str)}
+        for key in ("options", "choices"):
+            if key in data:
+                data[key] = parse_json(data[key], key, key)
+        upload = form.get("file")
+        if isinstance(upload, UploadFile) and not upload.filename and not upload.size:
+            upload = None  # what a browser sends for a file field left empty
+        # A form's fields are text: its numbers are read from it, where JSON's must be numbers.
+        spec = validated(RunRequest, data, strict=False)
+    else:
+        spec = validated(RunRequest, parse_json(await request.body()))
+    text = await read_upload(upload) if upload is not None else None
+    given = [name for name, value in (("document", spec.document), ("file", text), ("document_id", spec.document_id))
+             if value is not None]
+    if len(given) > 1:
+        raise bad_request(f"the document is given as both {given[0]} and {given[1]}: give it one way", given[1])
+    return spec, text if spec.document is None else spec.document
+
+
+async def read_upload(upload: UploadFile | str) -> str:
+    """An uploaded file's text, checked as `coa ask` checks a file. A part without a file name
+    arrives as text: it is the document all the same."""
+    if isinstance(upload, str):
+        data, name = upload.encode(), "file"
+    else:
+        data, name = await upload.read(), upload.filename or "the upload"
+    return checked(lambda: decode_document(data, name).text, "file")

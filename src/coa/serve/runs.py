@@ -5,6 +5,7 @@ as they go; a chat completion's run lives only as long as its request."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import time
@@ -26,6 +27,8 @@ from coa.task import Result, Task
 
 FINISHED = ("succeeded", "failed", "cancelled")
 PING_SECONDS = 15.0  # the longest silence on an event stream; proxies and clients give up after 30-60 s
+
+log = logging.getLogger("coa.serve")
 
 
 @dataclass
@@ -141,6 +144,7 @@ class Runner:
     def start(self, owner: str, strategy: type[Strategy], options: Any, task: Task, config: Config, *,
               stored: bool) -> Run:
         self.admit(owner)
+        model = self.model.scoped(owner)  # before the run exists: a failure here leaves no run queued for ever
         run = Run(id=f"run_{secrets.token_hex(12)}", owner=owner, strategy=strategy.name, task=task, stored=stored)
         if stored:
             self.store.add_run(owner, run.view(result=False))
@@ -152,7 +156,7 @@ class Runner:
                 raise asyncio.CancelledError
             loop.call_soon_threadsafe(self._observe, run, event)
 
-        solver = strategy(self.model.scoped(owner), config, options=options, observer=observe)  # a cache keeps clients apart
+        solver = strategy(model, config, options=options, observer=observe)  # a cache keeps clients apart
         run.job = asyncio.create_task(self._execute(run, solver))
         return run
 
@@ -192,8 +196,10 @@ class Runner:
                 self._finish(run, "cancelled")
         except CoaError as e:
             self._fail(run, from_coa(e))
-        except Exception as e:  # a fault in a strategy or backend: the run fails, the server goes on
-            self._fail(run, ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
+        except Exception:  # a fault in a strategy or backend: the run fails, the server goes on
+            # The traceback in the server's log; the client learns only that it was ours.
+            log.exception("run %s (%s) failed", run.id, run.strategy)
+            self._fail(run, ApiError(500, "internal error", "server_error"))
 
     def _fail(self, run: Run, failure: ApiError) -> None:
         run.failure, run.error = failure, failure.body()["error"]

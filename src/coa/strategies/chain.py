@@ -11,7 +11,7 @@ from __future__ import annotations
 from coa.session import Session
 from coa.strategies.base import Strategy, register
 from coa.strategies.chaining import ChainOptions, cu_limit, grounding_for, query_aware, run_chains, uses_evidence
-from coa.strategies.manager import manage, manager_tokens
+from coa.strategies.manager import manage, manager_tokens, shown
 from coa.task import Task
 
 
@@ -33,7 +33,7 @@ class ChainOfAgents(Strategy):
         outcomes = []
         for (session, task), chain, max_tokens in zip(runs, chains, limits, strict=True):
             if task.kind.needs_query or uses_evidence(options, task):  # the evidence the answer is checked against
-                session.citations = chain.citations
+                session.citations = shown(task, chain, options)
             answer = await manage(session, task, chain, max_tokens, options) if options.manager else chain.cu
             outcomes.append((answer, {
                 "cu": "evidence" if uses_evidence(options, task) else "paper",
@@ -45,5 +45,7 @@ class ChainOfAgents(Strategy):
                 "early_exit_saved": chain.saved,
                 "stopped_at_limit": chain.limited,
                 "evidence_dropped": chain.dropped,
+                # of the CU's lines, those the manager did not read: not connected to the question's subject
+                "evidence_unfocused": len(chain.citations) - len(shown(task, chain, options)),
             }))
         return outcomes

@@ -43,6 +43,8 @@ class ChainOptions(Options):
                          "or by relevance: the chunks that match the question best (BM25) last, nearest the manager")
     skip: FiniteFloat = Field(0.0, ge=0, le=1, description="chunks whose BM25 match with the question is below this share "
                               "of the best chunk's are not read (0: read every chunk)")
+    focus: bool = Field(True, description="evidence CU, questions: the manager reads the evidence about the "
+                        "question's subject and the lines linked to it, not lines that only share its common words")
     early_exit: int = Field(0, ge=0, description="stop once this many workers in a row left a CU that bears on the "
                             "question unchanged (0: never)")
     chunk_tokens: int | None = Field(None, ge=MIN_CHUNK_TOKENS, description="the most tokens of text a worker reads "

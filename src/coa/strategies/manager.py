@@ -11,7 +11,7 @@ from coa.models.base import Messages, truncate_to_tokens
 from coa.session import Session
 from coa.strategies.chaining import MAX_SHRINKS, Chain, ChainOptions, asked, cu_limit, quoted, uses_evidence
 from coa.strategies.toolbox import render
-from coa.task import Call, Task
+from coa.task import Call, Citation, Kind, Task
 
 
 def manager_messages(session: Session, task: Task, summary: str, options: ChainOptions | None = None) -> Messages:
@@ -24,10 +24,18 @@ def manager_tokens(session: Session, task: Task, options: ChainOptions | None = 
     return session.window.answer_limit(manager_messages(session, task, "", options), task, reserve=cu_limit(session))
 
 
+def shown(task: Task, chain: Chain, options: ChainOptions) -> list[Citation]:
+    """The evidence the manager reads, and the answer is checked against: for a question, with
+    `focus`, what is connected to its subject (`evidence.connected`)."""
+    if uses_evidence(options, task) and options.focus and task.kind is Kind.QA:
+        return evidence.connected(chain.citations, task.document, asked(task))
+    return chain.citations
+
+
 def summary_for(session: Session, task: Task, chain: Chain, options: ChainOptions) -> str:
     """What the manager reads: the evidence, or the paper's CU (with the quotes' places if `cite`)."""
     if uses_evidence(options, task):
-        return evidence.render(chain.citations)
+        return evidence.render(shown(task, chain, options))
     summary = quoted(chain.cu, chain.citations) if options.cite else chain.cu
     return truncate_to_tokens(session.model, summary, cu_limit(session))
 
@@ -56,8 +64,8 @@ async def manage(
                 raise
             summary = "\n".join(evidence.shrink(lines, asked(task)))
             if uses_evidence(options, task):  # citations stay the lines the manager read
-                shown = set(summary.splitlines())
-                session.citations = [c for c in chain.citations if c.line in shown]
+                read_lines = set(summary.splitlines())
+                session.citations = [c for c in chain.citations if c.line in read_lines]
             session.warnings.append(f"the server refused the manager's prompt as too long; its CU was shrunk to "
                                     f"{session.window.tokens(summary):,} tokens, the lines least related to the question left out")
             continue
