@@ -111,6 +111,8 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
                 saved = save_partial(printer.calls, message, trace)
                 raise type(e)(f"{message}; the {len(printer.calls)} calls made are in {saved}") from None
             raise
+        finally:
+            backend.close()
     for warning in dict.fromkeys(w for result in results for w in result.warnings):  # the run's own, once each
         stderr.print(f"warning: {warning}", markup=False)
     for result in results:

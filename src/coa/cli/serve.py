@@ -86,7 +86,10 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
     if not keys and not is_loopback(host):
         stderr.print(f"warning: {host} is reachable from other machines and no --api-key is set", markup=False)
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
-    server.run(sockets=[listener])
+    try:
+        server.run(sockets=[listener])
+    finally:
+        backend.close()
 
 
 def read_keys(path: Path | None) -> list[str]:

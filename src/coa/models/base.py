@@ -83,6 +83,9 @@ class Model(ABC):
         secret); `digest(path)` gives a file's SHA-256. By default the backend's name."""
         return self.name
 
+    def close(self) -> None:  # noqa: B027  (optional: most backends hold nothing to release)
+        """Release what the backend holds (connections, files); it may be used again after."""
+
     def scoped(self, scope: str) -> Model:
         """This backend for one client of a server (the response cache keeps clients apart)."""
         return self

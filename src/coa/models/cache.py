@@ -150,6 +150,9 @@ class CachedModel(Model):
     def identity(self, digest: Any) -> str:
         return self.backend
 
+    def close(self) -> None:
+        self.inner.close()
+
     def scoped(self, scope: str) -> CachedModel:
         return CachedModel(self.inner, self.cache, scope) if scope != self.scope else self
 
