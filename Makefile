@@ -44,7 +44,7 @@ embedded: | $(BIN)/python
 # The reader model, not the embedded SmolLM2: measured on this question, only the reader answers it right
 # (README, "Set up and run").
 demo: $(VENV)/.installed $(VENV)/.reader
-	$(BIN)/coa ask examples/macbeth-act1.txt "What new title does King Duncan give to Macbeth?" --model reader --window 2048 --verbose
+	$(BIN)/coa ask examples/macbeth-act1-scenes1-3.txt "What new title does King Duncan give to Macbeth?" --model reader --window 1024 --verbose
 
 # The llama-server tests need the server: it is built first (a no-op once built).
 test: $(VENV)/.dev llama-server
