@@ -114,7 +114,8 @@ def tables(args: argparse.Namespace) -> None:
         ran = {r["strategy"] for r in store.rows(dataset)}
         # In the order they were asked for, over all phases; one stopped before any pair finished is left out.
         strategies = [s for s in (store.config(dataset) or {}).get("strategies", []) if s in ran]
-        cmd = command(dataset, options, limit, strategies, out)
+        shown = out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out  # as run from the checkout
+        cmd = [str(shown) if a == str(out) else a for a in command(dataset, options, limit, strategies, out)]
         report = subprocess.run([coa, "report", str(out)], check=True, capture_output=True, text=True).stdout
         PLOTS.mkdir(exist_ok=True)
         plots = []
@@ -122,7 +123,7 @@ def tables(args: argparse.Namespace) -> None:
             shutil.copy(png, PLOTS / f"{directory}.png")
             plots.append(f"![{directory}](results/{directory}.png)")
         notes = "\n\n".join(filter(None, [best_coa(store, dataset), cited(store, dataset)]))
-        sections.append(f"Command: `{' '.join(cmd)}` then `coa report {out}`\n\n{report.strip()}\n\n{notes}\n\n"
+        sections.append(f"Command: `{' '.join(cmd)}` then `coa report {shown}`\n\n{report.strip()}\n\n{notes}\n\n"
                         f"{' '.join(plots)}\n")
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
