@@ -76,12 +76,11 @@ class ResponseCache:
             return None
         try:
             data = json.loads(row[0])
-            fields = {name: data[name] for name in FIELDS}
-            completion = Completion(seconds=0.0, from_cache=True, **fields)
+            completion = Completion(seconds=0.0, from_cache=True, **{name: data[name] for name in FIELDS})
+            if not isinstance(completion.text, str) or not all(isinstance(getattr(completion, f), int) for f in FIELDS[1:3]):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             raise InputError(f"--cache {self.path}: a stored response is damaged; delete the file to start anew") from None
-        if not isinstance(completion.text, str) or not all(isinstance(getattr(completion, f), int) for f in FIELDS[1:3]):
-            raise InputError(f"--cache {self.path}: a stored response is damaged; delete the file to start anew")
         return completion
 
     def put(self, key: str, backend: str, completion: Completion) -> None:

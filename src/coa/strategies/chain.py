@@ -32,8 +32,9 @@ class ChainOfAgents(Strategy):
         chains = await run_chains(runs, options, seed=self.config.seed)
         outcomes = []
         for (session, task), chain, max_tokens in zip(runs, chains, limits, strict=True):
+            evidence = shown(task, chain, options)
             if task.kind.needs_query or uses_evidence(options, task):  # the evidence the answer is checked against
-                session.citations = shown(task, chain, options)
+                session.citations = evidence
             answer = await manage(session, task, chain, max_tokens, options) if options.manager else chain.cu
             outcomes.append((answer, {
                 "cu": "evidence" if uses_evidence(options, task) else "paper",
@@ -46,6 +47,6 @@ class ChainOfAgents(Strategy):
                 "stopped_at_limit": chain.limited,
                 "evidence_dropped": chain.dropped,
                 # of the CU's lines, those the manager did not read: not connected to the question's subject
-                "evidence_unfocused": len(chain.citations) - len(shown(task, chain, options)),
+                "evidence_unfocused": len(chain.citations) - len(evidence),
             }))
         return outcomes
