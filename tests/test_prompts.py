@@ -58,6 +58,19 @@ def values(kind: str, first: bool) -> dict:
     }
 
 
+def longagent_values(first: bool) -> dict:
+    """What LongAgent's leader, members and their conflict round are given besides `values`."""
+    rounds = [] if first else [
+        {"number": 1, "question": "Who is made Thane of Cawdor?", "silent": 1, "omitted": 0,
+         "groups": [{"members": [1, 3], "answer": "Macbeth"}, {"members": [2], "answer": "Banquo"}]},
+        {"number": 2, "question": "Who kills Duncan?", "silent": 0, "omitted": 2,
+         "groups": [{"members": [2], "answer": "Macbeth </answer-x>"}]},
+    ]
+    return {"members": 1 if first else 3, "rounds": rounds, "left_out": 0 if first else 1, "final": not first,
+            "previous": "" if first else "I think it is Macbeth.", "question": "Who is made Thane of Cawdor?",
+            "texts": ["Enter three Witches.", "Hail, Thane of Cawdor! </document-x>"]}
+
+
 def packaged_prompts() -> list[str]:
     root = resources.files("coa").joinpath("prompts")
     return sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() for f in d.iterdir()
@@ -72,7 +85,8 @@ def render_all() -> dict[str, list[dict[str, str]]]:
         kinds = [k for k in KINDS if role.endswith(f"-{k}")] or KINDS  # coa's role-kind files serve one kind
         for kind in kinds:
             for first in (True, False):
-                renders[f"{name} {kind} {'first' if first else 'later'}"] = load_prompt(strategy, role).render(**values(kind, first))
+                renders[f"{name} {kind} {'first' if first else 'later'}"] = load_prompt(strategy, role).render(
+                    **values(kind, first) | (longagent_values(first) if strategy == "longagent" else {}))
     return renders
 
 

@@ -7,13 +7,18 @@ import shutil
 import sqlite3
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from coa import ScriptedModel
 from coa.config import Config
+from coa.errors import ConfigError
 from coa.eval.datasets import Example
 from coa.eval.runner import StrategySpec
-from coa.identity import fingerprint, pair_fingerprint, prompts_digest, run_settings
+from coa.identity import SHARED_PROMPTS, fingerprint, pair_fingerprint, prompt_sets, run_settings
+from coa.session import Session
+from coa.strategies import STRATEGIES, get_strategy
 from coa.task import Kind, Task
 from conftest import REPO, run_cli
 
@@ -221,6 +226,7 @@ def key(example=EXAMPLE, spec="vanilla", model="scripted", config=CONFIG) -> str
     dict(config=replace(CONFIG, seed=1)),
     dict(config=replace(CONFIG, max_calls=3)),
     dict(config=replace(CONFIG, max_total_tokens=1000)),
+    dict(config=replace(CONFIG, max_seconds=60.0)),
 ])
 def test_every_input_of_a_result_changes_its_fingerprint(change):
     assert key(**change) != key()
@@ -239,18 +245,64 @@ def test_what_does_not_change_a_result_leaves_its_fingerprint(tmp_path):
     assert fingerprint(a=1, b=[1, 2]) == fingerprint(b=(1, 2), a=1) != fingerprint(a=1, b=[2, 1])
 
 
-def test_the_prompts_digest_is_of_the_files_in_effect(tmp_path):
-    packaged = prompts_digest(None)
-    assert prompts_digest(tmp_path) == packaged  # an empty directory overrides nothing
+def test_the_prompt_sets_digest_the_files_in_effect(tmp_path):
+    packaged = prompt_sets(None)
+    assert {"coa", "common", "tasks.yaml", "recite"} <= packaged.keys()
+    assert prompt_sets(tmp_path) == packaged  # an empty directory overrides nothing
     (tmp_path / "common").mkdir()
     answer = (REPO / "src" / "coa" / "prompts" / "common" / "answer.yaml").read_text()
     (tmp_path / "common" / "answer.yaml").write_text(answer)
-    assert prompts_digest(tmp_path) == packaged  # the same file
+    assert prompt_sets(tmp_path) == packaged  # the same file
     (tmp_path / "common" / "answer.yaml").write_text(answer + "\n# edited\n")
-    edited = prompts_digest(tmp_path)
-    assert edited != packaged
+    edited = prompt_sets(tmp_path)
+    assert edited["common"] != packaged["common"] and edited["coa"] == packaged["coa"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "extra.yaml").write_text("user: hi")
-    assert prompts_digest(tmp_path) not in (edited, packaged)  # a file of its own counts too
-    # The directory's path is part of the run's settings, the contents are the digest.
+    assert prompt_sets(tmp_path) == {**edited, "mine": prompt_sets(tmp_path)["mine"]}  # a set of its own counts too
     assert key(config=replace(CONFIG, prompts_dir=tmp_path)) != key()
+
+
+def test_a_strategys_results_stand_when_another_strategys_prompts_change(tmp_path):
+    """An edited prompt reruns the pairs of the strategies that read it, and only those."""
+    (tmp_path / "recite").mkdir()
+    recite = (REPO / "src" / "coa" / "prompts" / "recite" / "answer.yaml").read_text()
+    (tmp_path / "recite" / "answer.yaml").write_text(recite + "\n# edited\n")
+    (tmp_path / "newcomer").mkdir()
+    (tmp_path / "newcomer" / "role.yaml").write_text("user: hi")  # a strategy's prompts added
+
+    def under(spec: str, directory: Path | None) -> str:
+        settings = {**run_settings("scripted", CONFIG), "prompts": prompt_sets(directory)}
+        return pair_fingerprint(EXAMPLE, StrategySpec.parse(spec), settings)
+
+    assert under("recite", tmp_path) != under("recite", None)
+    for spec in ("rag", "coa", "coa-multipath", "vanilla"):
+        assert under(spec, tmp_path) == under(spec, None)
+    (tmp_path / "coa").mkdir()
+    (tmp_path / "coa" / "worker-qa.yaml").write_text("user: hi")
+    assert under("coa-multipath", tmp_path) != under("coa-multipath", None)  # its chains read coa's prompts
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES.names()))
+@pytest.mark.parametrize("kind", [Kind.QA, Kind.MCQ, Kind.SUMMARIZE, Kind.CODE])
+def test_every_strategy_reads_only_the_prompt_sets_it_declares(name, kind, monkeypatch):
+    """The fingerprint counts a strategy's declared prompt sets: one it reads undeclared would let a
+    stored result outlive an edit of that prompt."""
+    read: set[str] = set()
+    original = Session.prompt
+
+    def recording(self, strategy, role, kind=None):
+        read.add(strategy)
+        return original(self, strategy, role, kind)
+
+    monkeypatch.setattr(Session, "prompt", recording)
+    choices = ("first", "second") if kind is Kind.MCQ else ()
+    task = Task("A line of the text, with a fact in it. " * 120, "Which fact?" if kind.needs_query else None,
+                kind, choices)
+    solver = get_strategy(name)
+    try:
+        solver(ScriptedModel(reply=lambda _: "Evidence: a fact.\nAnswer: B", context_window=1024), Config(window=1024)).run(task)
+    except ConfigError:  # a strategy for other kinds of task, or one this window cannot hold: what it read still counts
+        pass
+    else:
+        assert read, f"{name} read no prompt on a {kind} task"
+    assert read <= {*solver.prompt_sets, *SHARED_PROMPTS}, f"{name} reads {sorted(read)}"

@@ -21,6 +21,7 @@ class Config:
     # strategy keeps room for it (coa's manager), answers from what it has read.
     max_calls: int | None = None
     max_total_tokens: int | None = None  # prompt + generation limit of every call begun
+    max_seconds: float | None = None  # wall-clock seconds of the run; the final answering call may run past it
     # The key of the embedding server that rag's embed_url names: a setting of the process, never a
     # strategy option (options are recorded with every result); kept out of repr.
     embed_api_key: str | None = field(default=None, repr=False)

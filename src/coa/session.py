@@ -94,9 +94,11 @@ class Session:
         may use what `answer_reserve` kept back."""
         prompt = self.window.prompt_tokens(messages)
         self.window.check(prompt, max_tokens)  # never send what cannot fit
-        self._within_limits(prompt + max_tokens, final)
         total = max(self._planned.get(role, 1), index + 1)
         async with self._slots:
+            # Checked once a slot is free, as the call is sent: a call that waited for one is timed from then.
+            self._within_limits(prompt + max_tokens, final)
+            late = self._past_deadline()
             self.observer(Progress(role, index, total))
             completion = await asyncio.to_thread(
                 self.model.complete,
@@ -123,6 +125,11 @@ class Session:
         self._spent += call.prompt_tokens + call.completion_tokens - (prompt + max_tokens)
         if then is not None:
             then(call)
+        if final and (late or self._past_deadline()):  # only a final call gets past the deadline: say so
+            past = (f"the final call {'began' if late else 'ran'} past the run's "
+                    f"{self.config.max_seconds:g}-second limit (max_seconds)")
+            call.note = f"{call.note}; {past}" if call.note else past
+            self.warnings.append(past)
         self.calls.append(call)
         self.observer(Progress(role, index, total, call))
         return call
@@ -133,6 +140,9 @@ class Session:
         where it would leave too little for the final call that `answer_reserve` keeps for."""
         limit_calls, limit_tokens = self.config.max_calls, self.config.max_total_tokens
         kept_calls, kept_tokens = (0, 0) if final or self.answer_reserve is None else (1, self.answer_reserve)
+        if not final and self._past_deadline():
+            raise LimitError(f"the run stopped at its limit of {self.config.max_seconds:g} seconds (max_seconds; "
+                             f"{self.elapsed:.1f} s used)")
         if limit_calls is not None and self._started + kept_calls >= limit_calls:
             raise LimitError(f"the run stopped at its limit of {limit_calls} model calls (max_calls)")
         if limit_tokens is not None and self._spent + tokens + kept_tokens > limit_tokens:
@@ -140,6 +150,13 @@ class Session:
                              f"(max_total_tokens; {self._spent:,} used)")
         self._started += 1
         self._spent += tokens
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _past_deadline(self) -> bool:
+        return self.config.max_seconds is not None and self.elapsed >= self.config.max_seconds
 
     async def prefill(self, role: str, index: int, messages: Messages) -> Call | None:
         """Have the backend evaluate a prompt prefix into its cache without generating (a server
@@ -167,7 +184,7 @@ class Session:
             window=self.window.size,
             kind=task.kind,
             calls=self.calls,
-            seconds=time.perf_counter() - self.started,
+            seconds=self.elapsed,
             settings={"temperature": self.config.temperature, "seed": self.config.seed, **settings},
             # e.g. a server tokenizer that stopped answering, a run cut short by its limits
             warnings=[*self.model.warnings, *self.warnings],

@@ -45,6 +45,17 @@ def prompts_dir_option(command):
                         help="Directory of prompt files overriding the packaged ones.")(command)
 
 
+def max_seconds_option(command, *, who: str = "Stop", after: str = ""):
+    """--max-seconds: a wall-clock budget per run, checked before each call."""
+    return click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), callback=_finite_or_none,
+                        help=f"{who} before any call that would begin after this many seconds (coa answers from what "
+                        f"it read by then; its answering call may run past){after}.")(command)
+
+
+def _finite_or_none(ctx, param, value: float | None) -> float | None:
+    return None if value is None else _finite(ctx, param, value)
+
+
 def _directory(ctx, param, value: Path | None) -> Path | None:
     if value is not None and not value.is_dir():
         raise InputError(f"{param.opts[0]} {value}: no such directory")
@@ -54,7 +65,7 @@ def _directory(ctx, param, value: Path | None) -> Path | None:
 def _finite(ctx, param, value: float) -> float:
     # FloatRange lets nan through (every comparison with nan is false), and inf is in range.
     if not math.isfinite(value):
-        raise click.BadParameter(f"must be a finite number of 0 or more, not {value}")
+        raise click.BadParameter(f"must be a finite number, not {value}")
     return value
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from coa.cli.common import cli, model_options, prompts_dir_option, stderr
+from coa.cli.common import cli, max_seconds_option, model_options, prompts_dir_option, stderr
 from coa.config import Config
 from coa.errors import InputError
 from coa.extras import require
@@ -45,6 +45,7 @@ def default_store() -> Path:
 @click.option("--docs", is_flag=True, help="Describe the API at /docs (a page of its own, nothing from a CDN) "
               "and /openapi.json.")
 @prompts_dir_option
+@lambda command: max_seconds_option(command, who="Each run stops", after="; a request's max_seconds may lower it")
 @click.option("--seed", type=int, help="Sampling seed (a request's `seed` replaces it).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
@@ -52,7 +53,7 @@ def default_store() -> Path:
 def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | None, allowed_hosts: tuple[str, ...],
           store: Path | None,
           max_request_bytes: int, max_concurrent: int, concurrency: int, opts: tuple[str, ...], docs: bool,
-          prompts_dir: Path | None, seed: int | None,
+          prompts_dir: Path | None, max_seconds: float | None, seed: int | None,
           log_level: str, model: str, base_url: str | None, api_key: str | None, embed_api_key: str | None, cache: Path | None, window: int, max_cu_tokens: int | None,
           temperature: float, timeout: float) -> None:
     """Serve the strategies over HTTP: OpenAI's chat completions, a job API and a page at /."""
@@ -73,7 +74,8 @@ def serve(host: str, port: int, api_keys: tuple[str, ...], api_key_file: Path | 
     operator_options(options)  # a bad --opt is refused before the model loads
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout, cache=cache)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
-                    concurrency=concurrency, prompts_dir=prompts_dir, embed_api_key=embed_api_key)
+                    concurrency=concurrency, prompts_dir=prompts_dir, max_seconds=max_seconds,
+                    embed_api_key=embed_api_key)
     listener = bind(host, port)
     # A loopback server answers only to loopback names: a web page whose name an attacker rebinds to
     # 127.0.0.1 cannot reach it.

@@ -170,8 +170,8 @@ async def chat_completions(request: Request) -> Response | dict[str, Any]:
                           "(POST /v1/files) and give its id as coa.document", "messages")
     task = checked(lambda: make_task(document, question, settings.task, settings.choices))
     run_config = runner.config_for(settings.window, max_calls=settings.max_calls,
-                                   max_total_tokens=settings.max_total_tokens, temperature=body.temperature,
-                                   seed=body.seed)
+                                   max_total_tokens=settings.max_total_tokens, max_seconds=settings.max_seconds,
+                                   temperature=body.temperature, seed=body.seed)
     run = runner.start(owner, strategy, options, task, run_config, stored=False)
     completion = Completion(run, body.model, settings.trace)
     if body.stream:
@@ -258,7 +258,8 @@ async def create_run(request: Request) -> dict[str, Any]:
                           "document's id as `document_id`", "document")
     document = text
     task = checked(lambda: make_task(document, spec.question, spec.task, spec.choices))
-    run_config = serve.runner.config_for(spec.window, max_calls=spec.max_calls, max_total_tokens=spec.max_total_tokens)
+    run_config = serve.runner.config_for(spec.window, max_calls=spec.max_calls, max_total_tokens=spec.max_total_tokens,
+                                         max_seconds=spec.max_seconds)
     return serve.runner.start(owner, strategy, options, task, run_config, stored=True).view()
 
 

@@ -36,6 +36,7 @@ class Limits(BaseModel):
     window: Annotated[int, Field(ge=64, le=10**7)] | None = None
     max_calls: Count | None = None
     max_total_tokens: Count | None = None
+    max_seconds: Annotated[float, Field(gt=0, le=10**6, allow_inf_nan=False)] | None = None
 
 
 class CoaSettings(Limits):

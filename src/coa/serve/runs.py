@@ -136,9 +136,12 @@ class Runner:
                                     "x-ratelimit-remaining-requests": "0"})
 
     def config_for(self, window: int | None = None, **settings: Any) -> Config:
-        """The server's settings with a request's own: a window no larger than the server's, limits,
-        sampling (None keeps the server's)."""
+        """The server's settings with a request's own: a window no larger than the server's, limits
+        (a request may tighten the operator's limits, never loosen them), sampling (None keeps the server's)."""
         given = {key: value for key, value in settings.items() if value is not None}
+        for key in ("max_calls", "max_total_tokens", "max_seconds"):
+            if key in given and getattr(self.config, key) is not None:
+                given[key] = min(given[key], getattr(self.config, key))
         return replace(self.config, window=min(window or self.config.window, self.config.window), **given)
 
     def start(self, owner: str, strategy: type[Strategy], options: Any, task: Task, config: Config, *,

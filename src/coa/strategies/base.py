@@ -26,6 +26,9 @@ class Strategy:
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[Options]] = NoOptions
+    # The prompt sets (directories under prompts/) the strategy reads besides common/ and tasks.yaml;
+    # default: its own name's. A stored result is reused only while these files are unchanged.
+    prompt_sets: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -44,6 +47,8 @@ class Strategy:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("prompt_sets") and "name" in cls.__dict__:
+            cls.prompt_sets = (cls.name,)
         # Each default calls the other: a strategy with neither would recurse for ever on its first run.
         if cls.solve is Strategy.solve and cls.solve_many is Strategy.solve_many:
             raise TypeError(f"strategy {cls.__qualname__} must define solve or solve_many")

@@ -36,6 +36,7 @@ class Multipath(Strategy):
     name = "coa-multipath"
     description = "Several CoA chains (both directions, permutations or samples) combined by a judge or a vote"
     Options = MultipathOptions
+    prompt_sets = ("multipath", "coa")  # its chains are coa's
 
     async def solve(self, session: Session, task: Task):
         o: MultipathOptions = self.options
