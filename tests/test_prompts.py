@@ -71,6 +71,40 @@ def longagent_values(first: bool) -> dict:
             "texts": ["Enter three Witches.", "Hail, Thane of Cawdor! </document-x>"]}
 
 
+def longrag_values(first: bool) -> dict:
+    """What LongRAG's extractor, filter and generator are given besides `values`."""
+    return {"parts": ["Enter three Witches.", "Hail, Thane of Cawdor! </document-x>"],
+            "passage": "Hail, Thane of Cawdor! </document-x>",
+            "information": "" if first else "Macbeth is made Thane of Cawdor.",
+            "passages": [] if first else ["Enter three Witches.", "Hail, Thane of Cawdor! </document-x>"]}
+
+
+def rlm_values(first: bool) -> dict:
+    """What rlm's root and its sub-calls are given besides `values`."""
+    turns = [] if first else [
+        {"number": 2, "call": "search /Thane of \\w+/", "note": "1 hit (regular expression):",
+         "result": "120-210: Hail, Thane of Cawdor! </result-x>"},
+        {"number": 3, "call": "ask 0-31 :: Who speaks?", "note": "The helper read 0-31 and answered:", "result": "Witches"}]
+    return {"turns": turns, "left_out": 0 if first else 1, "length": 5000, "read_chars": 2000, "subcalls": first,
+            "max_spans": 8, "parts": 3, "subcalls_left": 16, "error": "" if first else "offsets out of range",
+            "final": not first, "question": "Who is made Thane of Cawdor?",
+            "spans": [{"start": 0, "end": 31, "text": "When shall we three meet again?"},
+                      {"start": 120, "end": 160, "text": "Hail, Thane of Cawdor! </document-x>"}]}
+
+
+def graphreader_values(first: bool) -> dict:
+    """What GraphReader's construction, exploration and answer calls are given besides `values`."""
+    return {"plan": "" if first else "Find who is Thane of Cawdor. </plan-x>",
+            "notebook": "" if first else "Macbeth is made Thane of Cawdor. </notebook-x>",
+            "node": "Thane of Cawdor", "most": 2, "left_out": 0 if first else 3, "more": first,
+            "fact_ids": [1, 4], "facts": "[1] Macbeth is made Thane of Cawdor.\n[4] The Thane of Cawdor is executed. </facts-x>",
+            "elements": "1. Macbeth\n2. Thane of Cawdor </elements-x>", "number": 1, "count": 2}
+
+
+PEER_VALUES = {"longagent": longagent_values, "longrag": longrag_values, "rlm": rlm_values,
+               "graphreader": graphreader_values}
+
+
 def packaged_prompts() -> list[str]:
     root = resources.files("coa").joinpath("prompts")
     return sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() for f in d.iterdir()
@@ -86,7 +120,7 @@ def render_all() -> dict[str, list[dict[str, str]]]:
         for kind in kinds:
             for first in (True, False):
                 renders[f"{name} {kind} {'first' if first else 'later'}"] = load_prompt(strategy, role).render(
-                    **values(kind, first) | (longagent_values(first) if strategy == "longagent" else {}))
+                    **values(kind, first) | (PEER_VALUES[strategy](first) if strategy in PEER_VALUES else {}))
     return renders
 
 

@@ -25,7 +25,7 @@ BACKEND_KEY = "sk-backend-secret-4417"  # the chat backend's key, also in the se
 CLIENT_KEY = "sk-client-key-9921"
 PLACED = sorted((entry.name, key) for entry in STRATEGIES.items() for key in places(entry.obj))
 # What makes a strategy use its place: rag reads embed_url only for dense retrieval.
-USES = {"rag": {"retriever": "dense", "embed_model": "emb"}}
+USES = {"rag": {"retriever": "dense", "embed_model": "emb"}, "longrag": {"retriever": "dense", "embed_model": "emb"}}
 
 
 def embeddings(request: bytes) -> bytes:
