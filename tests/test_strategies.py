@@ -432,7 +432,7 @@ class SlowModel(ScriptedModel):
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
-        time.sleep(0.05)
+        time.sleep(0.15)  # long enough for the calls a strategy sends together to overlap on a loaded machine
         with self.lock:
             self.now -= 1
         return super().complete(messages, **kwargs)
