@@ -253,3 +253,30 @@ def http_reply(status: int, body) -> bytes:
     data = json.dumps(body).encode()
     return (f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
             "Connection: close\r\n\r\n").encode() + data
+
+
+def refuses_options(name: str, options: dict, message: str) -> None:
+    """Bad strategy options are one ConfigError, `message`, when parsed and when the strategy is made."""
+    from coa.errors import ConfigError
+    from coa.models.scripted import ScriptedModel
+    from coa.strategies import get_strategy
+    from coa.strategies.options import parse_options
+
+    with pytest.raises(ConfigError) as error:
+        parse_options(get_strategy(name), options)
+    assert str(error.value) == message
+    with pytest.raises(ConfigError):
+        get_strategy(name)(ScriptedModel(), options=options)
+
+
+def refuses_non_questions(name: str, task, *, window: int) -> None:
+    """A strategy for questions refuses any other task in one line, before any call."""
+    from coa.config import Config
+    from coa.errors import ConfigError
+    from coa.models.scripted import ScriptedModel
+    from coa.strategies import get_strategy
+
+    model = ScriptedModel(context_window=window)
+    with pytest.raises(ConfigError, match=f"^strategy {name} answers questions \\(qa and mcq tasks\\), not {task.kind} tasks$"):
+        get_strategy(name)(model, Config(window=window)).run(task)
+    assert not model.prompts

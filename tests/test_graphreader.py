@@ -13,7 +13,7 @@ from coa.fence import fence
 from coa.models.base import count_prompt
 from coa.strategies import get_strategy
 from coa.strategies.graphreader import normal_element, read_choice, read_extraction
-from coa.strategies.options import parse_options
+from conftest import refuses_non_questions, refuses_options
 
 OWNS = "Alice Brown owns the red boat."
 MOORED = "The red boat is moored at Pine Harbour."
@@ -481,19 +481,12 @@ def test_a_window_too_small_fails_before_any_call():
                      "extract_tokens, initial_nodes, max_chunks, max_neighbours, max_steps, notebook_tokens, plan_tokens)"),
 ])
 def test_bad_options_are_one_config_error(options, message):
-    with pytest.raises(ConfigError) as error:
-        parse_options(get_strategy("graphreader"), options)
-    assert str(error.value) == message
-    with pytest.raises(ConfigError):
-        get_strategy("graphreader")(ScriptedModel(), options=options)
+    refuses_options("graphreader", options, message)
 
 
 @pytest.mark.parametrize("kind", [Kind.SUMMARIZE, Kind.CODE])
 def test_only_questions(kind):
-    model = ScriptedModel(context_window=2000)
-    with pytest.raises(ConfigError, match=f"^strategy graphreader answers questions \\(qa and mcq tasks\\), not {kind} tasks$"):
-        get_strategy("graphreader")(model, Config(window=2000)).run(Task(story(), None, kind))
-    assert not model.prompts
+    refuses_non_questions("graphreader", Task(story(), None, kind), window=2000)
 
 
 def test_multiple_choice_shows_the_options():

@@ -12,7 +12,7 @@ from coa.fence import fence
 from coa.models.base import count_prompt
 from coa.strategies import get_strategy
 from coa.strategies.longagent import conflicting, read_turn, reply_text
-from coa.strategies.options import parse_options
+from conftest import refuses_non_questions, refuses_options
 
 NEEDLE = "The lighthouse keeper hid the silver compass under the stairs."
 DECOY = "The old sailor claimed the silver compass was buried in the garden."
@@ -394,19 +394,12 @@ def test_a_window_too_small_fails_before_any_call():
                        "(its options: chunk_tokens, max_conflicts, member_tokens, rounds)"),
 ])
 def test_bad_options_are_one_config_error(options, message):
-    with pytest.raises(ConfigError) as error:
-        parse_options(get_strategy("longagent"), options)
-    assert str(error.value) == message
-    with pytest.raises(ConfigError):
-        get_strategy("longagent")(ScriptedModel(), options=options)
+    refuses_options("longagent", options, message)
 
 
 @pytest.mark.parametrize("kind", [Kind.SUMMARIZE, Kind.CODE])
 def test_only_questions(kind):
-    model = ScriptedModel(context_window=1500)
-    with pytest.raises(ConfigError, match=f"^strategy longagent answers questions \\(qa and mcq tasks\\), not {kind} tasks$"):
-        get_strategy("longagent")(model, Config(window=1500)).run(Task(document(50), None, kind))
-    assert not model.prompts
+    refuses_non_questions("longagent", Task(document(50), None, kind), window=1500)
 
 
 def test_the_options_are_recorded():

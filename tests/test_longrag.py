@@ -12,8 +12,8 @@ from coa.fence import fence
 from coa.models.base import count_prompt
 from coa.strategies import get_strategy
 from coa.strategies.longrag import fuse, merge, read_verdict
-from coa.strategies.options import parse_options
 from coa.strategies.retrieval import word_passages
+from conftest import refuses_non_questions, refuses_options
 
 NEEDLE = "The lighthouse keeper hid the silver compass under the stairs."
 QUESTION = "Where did the lighthouse keeper hide the silver compass?"
@@ -398,19 +398,12 @@ def test_a_window_too_small_fails_before_any_call():
                         "embed_model, embed_url, extract_tokens, filter_tokens, retriever, top_k)"),
 ])
 def test_bad_options_are_one_config_error(options, message):
-    with pytest.raises(ConfigError) as error:
-        parse_options(get_strategy("longrag"), options)
-    assert str(error.value) == message
-    with pytest.raises(ConfigError):
-        get_strategy("longrag")(ScriptedModel(), options=options)
+    refuses_options("longrag", options, message)
 
 
 @pytest.mark.parametrize("kind", [Kind.SUMMARIZE, Kind.CODE])
 def test_only_questions(kind):
-    model = ScriptedModel(context_window=1500)
-    with pytest.raises(ConfigError, match=f"^strategy longrag answers questions \\(qa and mcq tasks\\), not {kind} tasks$"):
-        get_strategy("longrag")(model, Config(window=1500)).run(Task(document(50), None, kind))
-    assert not model.prompts
+    refuses_non_questions("longrag", Task(document(50), None, kind), window=1500)
 
 
 def test_the_options_and_the_reading_are_recorded():

@@ -12,8 +12,8 @@ from coa.errors import LimitError
 from coa.fence import fence
 from coa.models.base import count_prompt
 from coa.strategies import get_strategy
-from coa.strategies.options import parse_options
 from coa.strategies.rlm import Malformed, parse_call, regex
+from conftest import refuses_non_questions, refuses_options
 
 NEEDLE = "The lighthouse keeper hid the silver compass under the stairs."
 QUESTION = "Where did the lighthouse keeper hide the silver compass?"
@@ -446,19 +446,12 @@ def test_multiple_choice_shows_the_options_and_cites_the_chosen_one():
                        "regex_seconds, retries, sub_tokens, subcalls, turns)"),
 ])
 def test_bad_options_are_one_config_error(options, message):
-    with pytest.raises(ConfigError) as error:
-        parse_options(get_strategy("rlm"), options)
-    assert str(error.value) == message
-    with pytest.raises(ConfigError):
-        get_strategy("rlm")(ScriptedModel(), options=options)
+    refuses_options("rlm", options, message)
 
 
 @pytest.mark.parametrize("kind", [Kind.SUMMARIZE, Kind.CODE])
 def test_only_questions(kind):
-    model = ScriptedModel(context_window=2000)
-    with pytest.raises(ConfigError, match=f"^strategy rlm answers questions \\(qa and mcq tasks\\), not {kind} tasks$"):
-        get_strategy("rlm")(model, Config(window=2000)).run(Task(document(50), None, kind))
-    assert not model.prompts
+    refuses_non_questions("rlm", Task(document(50), None, kind), window=2000)
 
 
 def test_the_trace_records_each_turn_and_why_it_stopped():
