@@ -85,7 +85,7 @@ def rlm_values(first: bool) -> dict:
         {"number": 2, "call": "search /Thane of \\w+/", "note": "1 hit (regular expression):",
          "result": "120-210: Hail, Thane of Cawdor! </result-x>"},
         {"number": 3, "call": "ask 0-31 :: Who speaks?", "note": "The helper read 0-31 and answered:", "result": "Witches"}]
-    return {"turns": turns, "left_out": 0 if first else 1, "length": 5000, "read_chars": 2000, "subcalls": first,
+    return {"turns": turns, "left_out": 0 if first else 1, "length": 5000, "read_chars": 2000, "subcalls": first, "code": first,
             "max_spans": 8, "parts": 3, "subcalls_left": 16, "error": "" if first else "offsets out of range",
             "final": not first, "question": "Who is made Thane of Cawdor?",
             "spans": [{"start": 0, "end": 31, "text": "When shall we three meet again?"},

@@ -19,6 +19,11 @@ are allowed; anything after the first line is ignored):
   TOOL: map <question>      one sub-call per part of the text (the parts cut to the sub-call's
                             window), run concurrently; the answers collected, refusals dropped
                             (`coa.answers.is_refusal`)
+  TOOL: code                with `code=true` only: the lines after it, up to a line END, are Python
+  <lines>                   run in `coa.sandbox` (a fresh interpreter in new user, network, mount and
+  END                       pid namespaces: no network, no file writes, `code_seconds` of wall clock,
+                            `code_memory_mb` of memory) with the text bound to the str `document`;
+                            the root is shown what it printed (cut to `read_chars`) and how it ended
   TOOL: answer <text>       ends the run with that answer
 A reply that is not such a call (no `TOOL:` line, an unknown tool, bad arguments, offsets out of
 range, a map needing more sub-calls than are left) is never executed: the root is shown its reply
@@ -31,8 +36,11 @@ Where it departs from the paper, and why:
   document is a variable; a 1.5B model writes such code poorly (the paper's Qwen3-8B struggles as
   an RLM), and executing model-written code needs a sandbox. The paper reports that grep and
   slicing alone match the full RLM on retrieval tasks: search and read are those, ask and map its
-  sub-calls (map is its batched `llm_query` over chunks). The code tool (model-written Python in
-  a sandbox) is not offered.
+  sub-calls (map is its batched `llm_query` over chunks). The paper's REPL survives as an
+  optional code tool (`code=true`, off by default): each run is a fresh sandboxed process, so no
+  state carries from one run to the next, and the code cannot call sub-models (the paper's
+  `llm_query` inside the REPL); only text it prints from the document counts as seen, for citations.
+  Where the sandbox cannot be had (no user namespaces, not Linux), `code=true` is a ConfigError.
 - One call per root turn, in a strict one-line form, so that a small model can follow it and a
   malformed call is caught before anything runs.
 - Depth: a sub-call is a plain model call over its spans; it cannot call tools or sub-calls of its
@@ -68,6 +76,7 @@ from typing import Any
 
 from pydantic import Field, FiniteFloat
 
+from coa import sandbox
 from coa.answers import choice_letter, is_refusal, normalize_answer
 from coa.budget import MIN_CHUNK_TOKENS
 from coa.errors import ConfigError, LimitError
@@ -94,13 +103,17 @@ CONTEXT_CHARS = 60  # a search hit's snippet: this much text either side of the 
 MATCH_CHARS = 120  # and at most this much of the match itself
 MAX_SPANS = 8  # spans one ask may read
 NOTE_TOKENS = 48  # a turn's note, in our words, beside its result
-TOOLS = ("search", "read", "ask", "map", "answer")
+CODE_TOKENS = 320  # a root turn where the code tool is offered: a short program fits
+MIN_QUOTE_CHARS = 20  # a printed line this long found verbatim in the text counts as seen
+TOOLS = ("search", "read", "ask", "map", "code", "answer")
 _CALL = re.compile(r"^[*_#`>\s]*TOOL[*_]*\s*:[*_`]*\s*([A-Za-z_]+)\b[*_`]*\s*(.*?)[*_`\s]*$", re.IGNORECASE)
 _ANSWER_MARK = re.compile(r"^[*_#`\s]*(?:TOOL[*_]*\s*:[*_`]*\s*answer\b|(?:final\s+)?answer[*_]*\s*:)[*_`]*\s*",
                           re.IGNORECASE)
 _WORDS = re.compile(r"[\w\s'’-]+")  # a plain-word pattern: searched by BM25
 _SPAN = re.compile(r"(\d+)\s*-\s*(\d+)")
 _SPANS = re.compile(r"\d+\s*-\s*\d+(?:\s*,\s*\d+\s*-\s*\d+)*")
+_END = re.compile(r"^[*_`\s]*END[*_`\s]*$")
+_MARKDOWN_FENCE = re.compile(r"^\s*```[\w+-]*\s*$")
 _READ = re.compile(r"(\d+)\s*(?:[\s,-]|to)\s*(\d+)", re.IGNORECASE)
 
 
@@ -116,6 +129,10 @@ class RlmOptions(Options):
     regex_seconds: FiniteFloat = Field(1.0, gt=0, le=30, description="time limit of one regular-expression search, in seconds")
     chunk_tokens: int | None = Field(None, ge=MIN_CHUNK_TOKENS,
                                      description="tokens per part for map; auto: as many as the sub-call's prompt leaves")
+    code: bool = Field(False, description="offer the code tool: model-written Python run in a sandbox (no network, "
+                                          "no file writes) with the text as a read-only str")
+    code_seconds: FiniteFloat = Field(5.0, gt=0, le=60, description="wall-clock limit of one code run, in seconds")
+    code_memory_mb: int = Field(256, ge=64, le=4096, description="memory limit of one code run, in MiB")
 
 
 class Malformed(Exception):
@@ -167,6 +184,11 @@ class Rlm(Strategy):
     description = "RLM: the root never sees the text; it searches, reads and asks sub-calls over spans through fixed tools"
     Options = RlmOptions
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.options.code and (why := sandbox.unavailable()):
+            raise ConfigError(f"rlm: code=true needs the code sandbox, and {why}; leave code off")
+
     async def solve(self, session: Session, task: Task):
         questions_only(self.name, task)
         explorer = Explorer(session, task, self.options)
@@ -183,7 +205,7 @@ class Explorer:
     def __init__(self, session: Session, task: Task, options: RlmOptions) -> None:
         self.session, self.task, self.options = session, task, options
         self.document = task.document
-        self.turn_tokens = max(ROOT_TOKENS, session.window.answer_tokens(task))
+        self.turn_tokens = max(CODE_TOKENS if options.code else ROOT_TOKENS, session.window.answer_tokens(task))
         self.turns: list[Turn] = []
         self.seen: list[Seen] = []
         self.rejected: list[dict[str, Any]] = []
@@ -232,11 +254,11 @@ class Explorer:
             call = await self.root_call(messages, self.turn_tokens)
             line = first_line(call.output)
             try:
-                tool, args = parse_call(line, len(self.document), self.options.depth > 0)
+                tool, args = parse_reply(call.output, len(self.document), self.options.depth > 0, self.options.code)
                 if tool == "answer":
                     call.note = "answer"
                     return str(args["text"])
-                turn = Turn(number, tool, f"{tool} {args_text(tool, args)}", args)
+                turn = Turn(number, tool, tool + ("\n" if tool == "code" else " ") + args_text(tool, args), args)
                 await self.execute(turn)
             except Malformed as e:
                 previous, error = line or "(empty)", str(e)
@@ -253,6 +275,10 @@ class Explorer:
             self.search(turn)
         elif turn.tool == "read":
             self.read(turn)
+        elif turn.tool == "code":
+            self.turns.append(turn)
+            await self.run_code(turn)
+            return
         elif turn.tool == "ask":
             self.spend(1)
             self.turns.append(turn)  # in the history even where a limit stops its sub-call
@@ -343,6 +369,26 @@ class Explorer:
         turn.result = self.document[start:shown]
         turn.record = {"shown": [start, shown]}
 
+    async def run_code(self, turn: Turn) -> None:
+        """The root's code, run in the sandbox (off the event loop: it blocks for up to its limit), never
+        past the run's max_seconds. Document text it printed counts as seen."""
+        seconds, limit = self.options.code_seconds, self.session.config.max_seconds
+        if limit is not None:
+            seconds = max(0.1, min(seconds, limit - self.session.elapsed))
+        try:
+            ran = await asyncio.to_thread(sandbox.run_code, str(turn.args["code"]), self.document, seconds=seconds,
+                                          memory_mb=self.options.code_memory_mb, output_chars=self.options.read_chars)
+        except sandbox.SandboxError as e:
+            raise Stop("sandbox", f"rlm: the code sandbox failed ({e}); the root answered from its notes") from None
+        for line in dict.fromkeys(line.strip() for line in ran.output.splitlines()):
+            if len(line) >= MIN_QUOTE_CHARS and (at := self.document.find(line)) >= 0:
+                self.seen.append(Seen(at, at + len(line), turn.number - 1))
+        how = {"timeout": f"stopped at its time limit of {seconds:g} s", "ok": "ran"}.get(ran.outcome, ran.outcome)
+        cut = f", cut to {self.options.read_chars} characters" if ran.cut else ""
+        turn.note = f"The code {how}" + (f"; what it printed{cut}:" if ran.output.strip() else " and printed nothing.")
+        turn.result = ran.output.strip()
+        turn.record = {"outcome": ran.outcome, "exit_code": ran.exit_code, "seconds": ran.seconds, "cut": ran.cut}
+
     async def ask(self, turn: Turn) -> None:
         question = str(turn.args["question"])
         spans = self.fit_spans([tuple(s) for s in turn.args["spans"]], question)
@@ -423,7 +469,8 @@ class Explorer:
     def root_messages(self, turns: list[dict[str, Any]], left_out: int, number: int, previous: str = "",
                       error: str = "", final: bool = False) -> Messages:
         return render(self.session, "rlm", "root", self.task, turns=turns, left_out=left_out, length=len(self.document),
-                      read_chars=self.options.read_chars, subcalls=self.options.depth > 0, max_spans=MAX_SPANS,
+                      read_chars=self.options.read_chars, subcalls=self.options.depth > 0, code=self.options.code,
+                      max_spans=MAX_SPANS,
                       parts=len(self.chunks), index=number, total=self.options.turns,
                       subcalls_left=self.options.subcalls - self.used, previous=previous, error=error, final=final)
 
@@ -473,7 +520,28 @@ def first_line(output: str) -> str:
     return text.splitlines()[0].strip() if text else ""
 
 
-def parse_call(line: str, length: int, subcalls: bool = True) -> tuple[str, dict[str, Any]]:
+def parse_reply(output: str, length: int, subcalls: bool = True, code: bool = False) -> tuple[str, dict[str, Any]]:
+    """The call a root reply makes: its first line's (`parse_call`), and for code the lines after it up
+    to a line END (markdown code fences among them dropped); Malformed for anything that cannot run."""
+    lines = unfence(output).strip().splitlines()
+    tool, args = parse_call(lines[0].strip() if lines else "", length, subcalls, code)
+    if tool != "code":
+        return tool, args
+    end = next((i for i, line in enumerate(lines[1:], 1) if _END.match(line)), None)
+    if end is None:
+        raise Malformed("code must end with a line that says END: TOOL: code, then the Python lines, then END")
+    program = "\n".join(line for line in lines[1:end] if not _MARKDOWN_FENCE.match(line)).strip("\n")
+    if not program.strip():
+        raise Malformed("code needs Python lines between TOOL: code and END")
+    try:
+        compile(program, "<code>", "exec")
+    except (SyntaxError, ValueError) as e:
+        raise Malformed(f"the code is not valid Python ({type(e).__name__}: {e.msg if isinstance(e, SyntaxError) else e}"
+                        + (f", line {e.lineno}" if isinstance(e, SyntaxError) and e.lineno else "") + ")") from None
+    return tool, {"code": program}
+
+
+def parse_call(line: str, length: int, subcalls: bool = True, code: bool = False) -> tuple[str, dict[str, Any]]:
     """The tool and its arguments from a reply's first line; Malformed (saying what was wrong) for
     anything that cannot be executed on a text of `length` characters."""
     match = _CALL.match(line)
@@ -482,7 +550,7 @@ def parse_call(line: str, length: int, subcalls: bool = True) -> tuple[str, dict
     tool, rest = match.group(1).lower(), match.group(2).strip()
     if len(rest) >= 2 and rest[0] == "(" and rest[-1] == ")":  # written as a function call: read(0, 100)
         rest = rest[1:-1].strip()
-    offered = [t for t in TOOLS if subcalls or t not in ("ask", "map")]
+    offered = [t for t in TOOLS if (subcalls or t not in ("ask", "map")) and (code or t != "code")]
     if tool not in offered:
         raise Malformed(f"there is no such tool in this run; the tools are: {', '.join(offered)}")
     if tool == "search":
@@ -506,6 +574,10 @@ def parse_call(line: str, length: int, subcalls: bool = True) -> tuple[str, dict
             raise Malformed("read takes two character offsets: TOOL: read <start> <end>")
         start, end = in_range(int(read.group(1)), int(read.group(2)), length)
         return tool, {"start": start, "end": end}
+    if tool == "code":
+        if rest:
+            raise Malformed("code's Python goes on the lines after TOOL: code, ended by a line END")
+        return tool, {}
     if tool == "ask":
         where, sep, question = rest.partition("::")
         if not sep or not _SPANS.fullmatch(where.strip()) or not question.strip():
@@ -533,6 +605,8 @@ def args_text(tool: str, args: dict[str, Any]) -> str:
         return f"{args['start']} {args['end']}"
     if tool == "ask":
         return ",".join(f"{a}-{b}" for a, b in args["spans"]) + f" :: {args['question']}"
+    if tool == "code":
+        return f"{args['code']}\nEND"
     return str(args["question"])
 
 
