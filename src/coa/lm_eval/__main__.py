@@ -8,6 +8,7 @@ A coa error (a bad model arg, a window too small) is one line on stderr and exit
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         model.HIDDEN.update(hidden)
         if (usage := usage_default(args)) is not None:
             model.HIDDEN["usage_path"] = usage
+        # lm-eval logs INFO lines to stderr; unless asked for, coa keeps to warnings so its errors stay one line.
+        os.environ.setdefault("LMEVAL_LOG_LEVEL", "WARNING")
         saved = sys.argv
         sys.argv = ["lm-eval", *args]
         try:
