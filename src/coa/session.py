@@ -155,8 +155,13 @@ class Session:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    @property
+    def seconds_left(self) -> float | None:
+        """What is left of the run's max_seconds (None where it has none; 0 or less once past it)."""
+        return None if self.config.max_seconds is None else self.config.max_seconds - self.elapsed
+
     def _past_deadline(self) -> bool:
-        return self.config.max_seconds is not None and self.elapsed >= self.config.max_seconds
+        return (left := self.seconds_left) is not None and left <= 0
 
     async def prefill(self, role: str, index: int, messages: Messages) -> Call | None:
         """Have the backend evaluate a prompt prefix into its cache without generating (a server

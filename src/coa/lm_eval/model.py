@@ -38,7 +38,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +186,10 @@ class CoaLM(LM):
             self._warned.add(task_name)
             log.warning("coa: no document/question rule for task %s: its prompt is the document and its last "
                         "non-empty line the question", task_name or "(unnamed)")
+        kind = self.kind or kind_of(task_name, split)
         result, error = None, None
         try:
-            result = self.run(split, max_gen_toks, self.kind or kind_of(task_name, split))
+            result = self.run(split, max_gen_toks, kind)
         except ConfigError:
             raise  # the same for every request: stop now
         except CoaError as e:  # this request failed (a limit, an empty document): record it, answer nothing
@@ -197,16 +198,14 @@ class CoaLM(LM):
         answer = cut(result.answer if result else "", until)
         if max_gen_toks < MIN_ANSWER_TOKENS:  # the call was given coa's floor: keep max_gen_toks of it
             answer = truncate_to_tokens(self.backend, answer, max_gen_toks).rstrip()
-        self.record(request, split, max_gen_toks, answer, result, error)
+        self.record(request, split, kind, max_gen_toks, answer, result, error)
         return answer
 
     def run(self, split: Split, max_gen_toks: int, kind: Kind) -> Result:
-        from dataclasses import replace
-
         query = None if kind is Kind.CODE and split.instructed else split.question or None
         task = Task(split.document, query, kind, requirement=self.requirement)
         config = replace(self.config, prompts_dir=self.answer_dir(max(max_gen_toks, MIN_ANSWER_TOKENS)))
-        return self.strategy(self.backend, config, options=self.options).run_many([task])[0]
+        return self.strategy(self.backend, config, options=self.options).run(task)
 
     def answer_dir(self, max_gen_toks: int) -> Path:
         """A prompts directory whose tasks.yaml gives every answer kind `max_gen_toks` tokens: the
@@ -226,7 +225,7 @@ class CoaLM(LM):
             self._answer_dirs[max_gen_toks] = directory
         return Path(self._answer_dirs[max_gen_toks].name)
 
-    def record(self, request: Any, split: Split, max_gen_toks: int, answer: str, result: Result | None,
+    def record(self, request: Any, split: Split, kind: Kind, max_gen_toks: int, answer: str, result: Result | None,
                error: str | None) -> None:
         calls = result.calls if result else []
         entry = {
@@ -235,7 +234,7 @@ class CoaLM(LM):
             "strategy": self.label,
             "model": self.model_name,
             "split": split.rule,
-            "kind": str(self.kind or kind_of(entry_task(request), split)),
+            "kind": str(kind),
             "max_gen_toks": max_gen_toks,
             "answer": answer,
             "calls": len(calls),
@@ -271,10 +270,6 @@ def kind_of(task: str, split: Split) -> Kind:
     return Kind.QA
 
 
-def entry_task(request: Any) -> str:
-    return getattr(request, "task_name", None) or ""
-
-
 def cut(answer: str, until: list[str]) -> str:
     """The answer up to the first of the `until` strings."""
     end = len(answer)
@@ -306,7 +301,3 @@ def _variants(tasks: list[str]) -> str:
              if f"{t}{suffix}" in known]
     return ", ".join(found[:4])
 
-
-def usage_summary(entries: list[Mapping[str, Any]]) -> dict[str, int]:
-    """Calls and tokens of a run's requests, summed."""
-    return {key: sum(int(e.get(key) or 0) for e in entries) for key in ("calls", "prompt_tokens", "completion_tokens")}

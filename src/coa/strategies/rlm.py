@@ -372,9 +372,9 @@ class Explorer:
     async def run_code(self, turn: Turn) -> None:
         """The root's code, run in the sandbox (off the event loop: it blocks for up to its limit), never
         past the run's max_seconds. Document text it printed counts as seen."""
-        seconds, limit = self.options.code_seconds, self.session.config.max_seconds
-        if limit is not None:
-            seconds = max(0.1, min(seconds, limit - self.session.elapsed))
+        seconds, left = self.options.code_seconds, self.session.seconds_left
+        if left is not None:
+            seconds = max(0.1, min(seconds, left))
         try:
             ran = await asyncio.to_thread(sandbox.run_code, str(turn.args["code"]), self.document, seconds=seconds,
                                           memory_mb=self.options.code_memory_mb, output_chars=self.options.read_chars)
