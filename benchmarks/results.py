@@ -4,7 +4,8 @@
 
 Each set runs with `coa eval` into its own store under --runs (benchmarks/results/SET/results.sqlite,
 committed as each set finishes), resumably: an interrupted reproduction continues where it stopped,
-and later phases add strategies to the same runs. The rows: vanilla (the document truncated to the
+and later phases add strategies to the same runs. The rows: closed book (`vanilla:truncate=all`: the
+question without the document, the share of a score that needs no reading), vanilla (the document truncated to the
 window), full context (vanilla with a window that holds the whole document: the long-window anchor),
 rag, the paper's CoA (`coa:cu=paper`) and the default CoA (`coa`: the evidence CU); phase `peers`
 adds recite. The tables in RESULTS.md (between the markers) are then rewritten from the stored
@@ -36,8 +37,11 @@ PAPER = "coa:cu=paper"  # the paper's CoA: every worker rewrites the CU, no guar
 DEFAULT = "coa"  # the default: the evidence CU
 
 
+CLOSED = "vanilla:truncate=all"  # closed book: the question alone, so what the model knows without reading
+
+
 def core(full_window: int) -> list[str]:
-    return ["vanilla", f"vanilla:window={full_window}", "rag", PAPER, DEFAULT]
+    return [CLOSED, "vanilla", f"vanilla:window={full_window}", "rag", PAPER, DEFAULT]
 
 
 RUNS = {  # set: (dataset, dataset options, examples, strategies by phase)

@@ -96,4 +96,15 @@ def clean_answer(kind: Kind, text: str) -> str:
     if kind is Kind.CODE:  # indentation is part of the line
         lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("```")]
         return lines[0] if lines else ""
-    return text.strip()
+    text = text.strip()
+    return once(text) if kind is Kind.QA else text
+
+
+def once(text: str) -> str:
+    """A short answer that is one phrase twice over ("Eenasul Fateh Eenasul Fateh", copied from a passage's
+    title and the sentence under it that opens with the same name) said once."""
+    words = text.split()
+    half = len(words) // 2
+    if 0 < half <= 8 and len(words) % 2 == 0 and words[:half] == words[half:]:
+        return " ".join(words[:half])
+    return text

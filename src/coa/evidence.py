@@ -171,7 +171,7 @@ def related(document: str, start: int, end: int, question: str, known: Sequence[
     small reader often answers instead of copying, or copies the wrong line; these lines are found
     by their words, as the manager will read them."""
     asked = content_words(question)
-    need = max(2, (len(asked) + 2) // 3)
+    need = max(2, min(4, (len(asked) + 2) // 3))
     common = common_words(document)
     rare = subject_words(document, question)
     # A bridge names one thing: a word that few sentences use ("Kwame", not "kept"), in evidence about

@@ -15,7 +15,9 @@ from coa.task import Task
 
 
 class VanillaOptions(Options):
-    truncate: Literal["middle", "head", "tail"] = Field("middle", description="the part of an overlong document dropped")
+    truncate: Literal["middle", "head", "tail", "all"] = Field(
+        "middle", description="the part of an overlong document dropped; all: the whole document, so the model answers "
+        "from what it knows (the closed-book anchor: how much of a score needs no reading)")
     window: int | None = Field(None, ge=64, description="this strategy's own window (auto: the run's), e.g. one that "
                                "holds the whole document: the full-context anchor beside short-window strategies")
 
@@ -35,7 +37,9 @@ class Vanilla(Strategy):
 
 
 def truncate(session: Session, text: str, room: int, drop: str) -> str:
-    """`text` within `room` tokens, dropping its middle, head or tail."""
+    """`text` within `room` tokens, dropping its middle, head or tail; nothing of it for `all`."""
+    if drop == "all":
+        return ""
     if session.window.tokens(text) <= room:
         return text
     if drop == "head":
