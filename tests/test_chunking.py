@@ -159,3 +159,9 @@ def test_a_window_tokenizes_its_document_once_however_often_it_is_cut():
     window.chunks(Task(document=document[:-1], query="What?"), 100)
     assert len(indexed) == 2  # another document is indexed anew
     assert window.size == 512 and window.cu_tokens == Config(window=512).cu_limit(512)
+
+
+def test_a_sentence_does_not_end_at_a_name_abbreviation():
+    text = "Edward Davis Wood Jr. (1924-1978) was an American filmmaker. Dr. Smith met him. He left."
+    assert sentences(text) == ["Edward Davis Wood Jr. (1924-1978) was an American filmmaker. ", "Dr. Smith met him. ",
+                               "He left."]

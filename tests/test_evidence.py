@@ -14,6 +14,7 @@ from coa import ChainOfAgents, Config, ContextOverflowError, Kind, ScriptedModel
 from coa.answers import clean_answer
 from coa.evidence import common_words, connected, fit, related, relevance, render
 from coa.fence import unfence
+from coa.grounding import content_words
 from coa.models.base import count_prompt
 from coa.strategies import get_strategy
 from coa.task import Citation
@@ -632,3 +633,14 @@ def test_focus_keeps_the_subjects_line_and_its_bridge_and_leaves_the_look_alikes
     assert [c.line for c in kept] == [lines[1], lines[3]]
     # No line about the subject: everything is shown, as without focus.
     assert connected(found, document, "What is the locker number of the person who keeps the key to the pink room?") == found
+
+
+def test_a_long_question_finds_a_sentence_by_four_of_its_words():
+    # 15 content words: a third of them (5) would miss the sentence that names the series by 4.
+    question = ("What science fantasy young adult series, told in first person, has a set of companion books "
+                "narrating the stories of enslaved worlds?")
+    target = "The Hork-Bajir Chronicles is the second companion book to the Animorphs series of fantasy."
+    filler = " ".join(f"Day {i} was mild and grey over the harbour." for i in range(40))
+    document = f"{filler} {target} {filler}"
+    assert len(content_words(target) & content_words(question)) == 4
+    assert [c.text for c in related(document, 0, len(document), question, [], 0)] == [target]

@@ -239,6 +239,23 @@ def test_vanilla_truncates_as_asked(drop, keeps_first, keeps_last):
     assert result.settings["kept_tokens"] < result.settings["document_tokens"]
 
 
+def test_vanilla_closed_book_sends_no_document():
+    model, result = run("vanilla", Task(document(5), "Who?"), truncate="all")
+    assert numbers_in(user(model.prompts[0])) == [] and "Who?" in user(model.prompts[0])
+    assert result.settings["kept_tokens"] == 0 < result.settings["document_tokens"]
+
+
+@pytest.mark.parametrize(("output", "answer"), [
+    ("Eenasul Fateh Eenasul Fateh", "Eenasul Fateh"),
+    ("Yes yes", "Yes yes"),  # words differ in case: not one phrase twice
+    ("New York New York New York", "New York New York New York"),  # three times: left as written
+    ("Thane of Cawdor", "Thane of Cawdor"),
+])
+def test_an_answer_that_is_one_phrase_twice_is_said_once(output, answer):
+    _, result = run("vanilla", Task(document(5), "Who?"), outputs=[output])
+    assert result.answer == answer
+
+
 def test_vanilla_sends_a_short_document_whole():
     model, _ = run("vanilla", Task(document(5), "Who?"))
     assert numbers_in(user(model.prompts[0])) == list(range(5))
