@@ -231,6 +231,8 @@ CASES = [
     Case("lm-eval-unknown-strategy", lambda w: ["lm-eval", "--", "--model", "coa", "--model_args", "strategy=fastest,model=scripted",
                                                 "--tasks", "longbench_coa_tiny", "--include_path",
                                                 Path(__file__).parent / "fixtures" / "lm_eval"], "unknown strategy 'fastest'"),
+    Case("lm-eval-unknown-task", lambda w: ["lm-eval", "--", "--model", "coa", "--model_args", "model=scripted",
+                                            "--tasks", "no_such_task"], "Tasks not found: no_such_task"),
     Case("multipath-zero-paths", ask("-s", "coa-multipath", "-o", "paths=perm", "-o", "n=0"), "option n must be 1 to 16"),
     Case("multipath-too-many-paths", ask("-s", "coa-multipath", "-o", "n=100000"), "option n must be 1 to 16"),
     Case("multipath-nan-temperature", ask("-s", "coa-multipath", "-o", "paths=sample", "-o", "sample_temperature=nan"),
@@ -323,6 +325,10 @@ CASES = [
     Case("strategies-extra-argument", lambda w: ["strategies", "coa"], "Got unexpected extra argument (coa)"),
     Case("models-unknown-flag", lambda w: ["models", "--all"], "No such option '--all'"),
     Case("datasets-unknown-flag", lambda w: ["datasets", "--json"], "No such option '--json'"),
+    Case("longbench2-no-choice", evaluate(dataset=f"longbench2:{Path(__file__).parent / 'fixtures' / 'longbench2_no_choice_c.jsonl'}"),
+         "longbench2_no_choice_c.jsonl:1: no 'choice_C' field"),
+    Case("leval-every-row-judged", evaluate("--data-dir", Path(__file__).parent / "fixtures" / "leval_judged", dataset="leval:judged"),
+         "judged.jsonl: evaluation 'LLM' has no automatic metric, and every question has it; choose one with --opt metric="),
 ]
 
 

@@ -280,6 +280,9 @@ def test_the_api_key_is_taken_out_of_lm_evals_sight():
     assert hidden == {"api_key": "SECRET-1"}
     args, hidden = hide_secrets(["-a", "strategy=coa", "api_key=K2", "--model_args=api_key=K3,window=99"])
     assert args == ["-a", "strategy=coa", "--model_args=window=99"] and hidden == {"api_key": "K3"}
+    for form in ("-a=", "-a"):  # the short flag with its value in the same argument, as argparse takes it
+        args, hidden = hide_secrets([f"{form}model=openai:m,api_key=K4", "--tasks", "t"])
+        assert args == [f"{form}model=openai:m", "--tasks", "t"] and hidden == {"api_key": "K4"}
     lm = CoaLM(model="openai:m", base_url="http://127.0.0.1:9", api_key="SECRET-2")
     assert "SECRET-2" not in repr(lm) and "SECRET-2" not in str(vars(lm).get("label"))
 

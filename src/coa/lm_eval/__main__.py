@@ -16,6 +16,7 @@ from coa.errors import CoaError
 from coa.extras import require
 
 USAGE_FILE = "coa-usage.jsonl"
+TASK_ERRORS = ("Tasks not found",)  # lm-eval's ValueError for a --tasks name it does not know
 
 
 def hide_secrets(args: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -25,14 +26,14 @@ def hide_secrets(args: list[str]) -> tuple[list[str], dict[str, str]]:
     out: list[str] = []
     in_model_args = False
     for arg in args:
-        flag, eq, inline = arg.partition("=")
         if arg in ("--model_args", "-a"):
             in_model_args = True
             out.append(arg)
             continue
-        if eq and flag == "--model_args":
-            kept = _drop_key(inline, hidden)
-            out.append(f"--model_args={kept}")
+        # The value in the same argument: --model_args=V, -a=V or -aV, as argparse takes them.
+        flag, inline = next(((f, arg[len(f):]) for f in ("--model_args=", "-a=", "-a") if arg.startswith(f)), ("", ""))
+        if flag and not arg.startswith("--") or flag == "--model_args=":
+            out.append(flag + _drop_key(inline, hidden))
             in_model_args = False
             continue
         if arg.startswith("-"):
@@ -96,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.argv = saved
     except CoaError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if not str(e).startswith(TASK_ERRORS):
+            raise
+        print(f"error: lm-eval: {' '.join(str(e).split())}", file=sys.stderr)  # an unknown --tasks name
         return 2
     except SystemExit as e:  # argparse's --help and usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
