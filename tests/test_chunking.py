@@ -165,3 +165,9 @@ def test_a_sentence_does_not_end_at_a_name_abbreviation():
     text = "Edward Davis Wood Jr. (1924-1978) was an American filmmaker. Dr. Smith met him. He left."
     assert sentences(text) == ["Edward Davis Wood Jr. (1924-1978) was an American filmmaker. ", "Dr. Smith met him. ",
                                "He left."]
+
+
+def test_a_paragraph_always_starts_a_sentence():
+    text = "The plantation of Ed Wood Sr.\n\nPassage 17:\nTom Nowatzke was a running back. He ran.\n\nA heading\n\nText."
+    assert sentences(text) == ["The plantation of Ed Wood Sr.\n\n", "Passage 17:\nTom Nowatzke was a running back. ",
+                               "He ran.\n\n", "A heading\n\n", "Text."]

@@ -9,6 +9,7 @@ order they give the document back exactly.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -151,9 +152,15 @@ def _sentence_starts(text: str, start: int, end: int) -> list[int]:
         return [start + s for s, _ in _sentence_splitter().span_tokenize(text[start:end])]
 
 
+PARAGRAPH = re.compile(r"\n[^\S\n]*\n\s*(?=\S)")  # a blank line: no sentence runs across it
+
+
 def sentences(text: str) -> list[str]:
-    """The sentences of `text`, each with the whitespace that follows it."""
-    starts = [0] + sorted({s for a, b in blocks(text, BLOCK_CHARS) for s in _sentence_starts(text, a, b) if s > 0})
+    """The sentences of `text`, each with the whitespace that follows it. A paragraph always starts
+    one: Punkt reads across line breaks, so a paragraph that ends without a full stop (a heading, a
+    title, "Ed Wood Sr.") would otherwise run into the next."""
+    found = {s for a, b in blocks(text, BLOCK_CHARS) for s in _sentence_starts(text, a, b)}
+    starts = [0] + sorted(s for s in found | {m.end() for m in PARAGRAPH.finditer(text)} if s > 0)
     return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)], strict=False) if b > a]
 
 
