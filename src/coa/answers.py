@@ -62,6 +62,34 @@ def choice_letter(text: str, choices: int) -> str | None:
     return match.group(1) if match else None
 
 
+def letter_list(text: str, choices: int) -> str | None:
+    """The letters, in order and once each, of an answer that is nothing but option letters
+    ("AC", "A, C", "(A) and (C)"); None for any other answer."""
+    text = text.strip()
+    body = re.sub(r"(?i)^\W*(?:the\s+)?(?:correct\s+)?(?:answers?|options?)(?:\s+(?:is|are))?\s*:?", "", text)
+    letters = re.sub(r"\band\b|[\s,;/&+()\[\].]", "", body)
+    if not letters or len(letters) > choices or not set(letters) <= set(LETTERS[:choices]):
+        return None
+    return "".join(sorted(set(letters)))
+
+
+def choice_letters(text: str, choices: int) -> str:
+    """Every option letter an answer picks, sorted: "A, C" and "AC" give "AC", and so does an
+    answer that lists the options ("A. the first\nC. the third"); else the one `choice_letter` finds."""
+    listed = letter_list(text, choices)
+    if listed:
+        return listed
+    valid = LETTERS[:choices]
+    labelled = re.findall(rf"(?<![A-Za-z])\(?([{valid}])[.)](?=\s|$)", text.strip())
+    return "".join(sorted(set(labelled))) or choice_letter(text, choices) or ""
+
+
+def picked_letters(text: str, choices: int) -> str:
+    """The letters an answer picks as strategies read it: all of a bare letter list ("AC", "A, C"),
+    else the one `choice_letter` finds, else none ("")."""
+    return letter_list(text, choices) or choice_letter(text, choices) or ""
+
+
 def is_refusal(text: str) -> bool:
     """True when every sentence of `text` only says that nothing relevant was found."""
     from coa.chunking import sentences
@@ -72,8 +100,8 @@ def is_refusal(text: str) -> bool:
 
 def vote_key(kind: Kind, answer: str, choices: int) -> str:
     """What two answers must share to count as the same vote."""
-    if kind is Kind.MCQ:
-        return choice_letter(answer, choices) or normalize_answer(answer)
+    if kind is Kind.MCQ:  # "AC" and "A" are different votes where several options may be right
+        return picked_letters(answer, choices) or normalize_answer(answer)
     if kind is Kind.CODE:
         return " ".join(answer.split())
     return normalize_answer(answer)

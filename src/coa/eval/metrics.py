@@ -13,7 +13,7 @@ from functools import cache
 
 from rapidfuzz import fuzz
 
-from coa.answers import choice_letter, normalize_answer
+from coa.answers import choice_letter, choice_letters, normalize_answer
 from coa.extras import require
 from coa.registry import Registry
 
@@ -94,6 +94,54 @@ def choice(prediction: str, reference: str, choices: int = 4, **context) -> floa
     """1 when the prediction picks the reference's option letter (the reference: "B", or "(B) text")."""
     expected = choice_letter(reference, choices)
     return float(expected is not None and choice_letter(prediction, choices) == expected)
+
+
+@metric("choice_set")
+def choice_set(prediction: str, reference: str, choices: int = 4, **context) -> float:
+    """Where several options may be right (L-Eval's coursera, reference "ABD"): 1 for exactly the
+    reference's letters, 0.25 for some of them and no other (as L-Eval scores coursera), else 0."""
+    expected, picked = set(choice_letters(reference, choices)), set(choice_letters(prediction, choices))
+    if not expected or not picked:
+        return 0.0
+    return 1.0 if picked == expected else 0.25 if picked < expected else 0.0
+
+
+_TRUE_FALSE = re.compile(r"\b(true|false)\b", re.IGNORECASE)
+
+
+def true_false_parts(text: str) -> list[str]:
+    """The two verdicts of "False [fact: True]": the first true/false word before "[fact:" and the
+    first after it (without the tag, the second true/false word); a verdict not given is ""."""
+    before, tag, after = text.partition("[fact:")
+    words = [w.lower() for w in _TRUE_FALSE.findall(before)]
+    fact = [w.lower() for w in _TRUE_FALSE.findall(after)] if tag else words[1:]
+    return [words[0] if words else "", fact[0] if fact else ""]
+
+
+@metric("true_false")
+def true_false(prediction: str, reference: str, **context) -> float:
+    """L-Eval's sci_fi: the share of the two verdicts (as the story tells it, and "[fact: ...]" as
+    it is in the world) the prediction gets right; a reference without the tag has one verdict."""
+    expected, given = true_false_parts(reference), true_false_parts(prediction)
+    pairs = [(e, g) for e, g in zip(expected, given, strict=True) if e]
+    return sum(e == g for e, g in pairs) / len(pairs) if pairs else 0.0
+
+
+_ANSWER_PHRASE = (re.compile(r"The correct answer is \(([A-D])\)"), re.compile(r"The correct answer is ([A-D])"))
+
+
+def answer_phrase(text: str) -> str | None:
+    """The letter of LongBench v2's "The correct answer is (X)" (its authors' two patterns, the
+    bracketed one first); None where the reply has neither."""
+    text = text.replace("*", "")  # as theirs: markdown bold around the phrase
+    return next((m.group(1) for pattern in _ANSWER_PHRASE if (m := pattern.search(text))), None)
+
+
+@metric("answer_phrase")
+def answer_phrase_choice(prediction: str, reference: str, **context) -> float:
+    """LongBench v2: 1 when the reply ends its reasoning with "The correct answer is (X)" for the
+    reference's letter X; a reply without that phrase scores 0."""
+    return float(answer_phrase(prediction) == reference.strip().strip("()"))
 
 
 @metric("classification")

@@ -60,7 +60,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from coa.answers import choice_letter, clean_answer, is_refusal
+from coa.answers import clean_answer, is_refusal, picked_letters
 from coa.chunking import sentences
 from coa.errors import ConfigError, LimitError
 from coa.fence import unfence
@@ -320,8 +320,9 @@ class Run:
         """Where each kept passage holds the answer (for an option, its text) word for word or the
         sentence it rests on, and the extractor's sentences that its context holds word for word."""
         task, question = self.task, query_text(self.task)
-        if task.kind is Kind.MCQ and (letter := choice_letter(answer, len(task.choices))) is not None:
-            answer = task.choices[ord(letter) - ord("A")]
+        targets = [answer]
+        if task.kind is Kind.MCQ and (letters := picked_letters(answer, len(task.choices))):
+            targets = [task.choices[ord(letter) - ord("A")] for letter in letters]  # each option picked
         found: dict[tuple[int, int], Citation] = {}
 
         def add(place: tuple[int, int] | None, source: Passage, line: str) -> None:
@@ -331,9 +332,9 @@ class Run:
             index = next((p.index for p in self.all if p.start <= start < p.end), source.index)  # the passage it is in
             found.setdefault((start, end), Citation(task.document[start:end], start, end, index, line=line))
 
-        if answer.strip():
+        for target in filter(str.strip, targets):
             for p in kept:
-                add(locate(answer, p.text) or support(answer, p.text, question), p, answer)
+                add(locate(target, p.text) or support(target, p.text, question), p, target)
         for sentence in sentences(information):
             for part in parts:
                 if (place := locate(sentence, part.text)) is not None:

@@ -77,7 +77,7 @@ from typing import Any
 from pydantic import Field, FiniteFloat
 
 from coa import sandbox
-from coa.answers import choice_letter, is_refusal, normalize_answer
+from coa.answers import is_refusal, normalize_answer, picked_letters
 from coa.budget import MIN_CHUNK_TOKENS
 from coa.errors import ConfigError, LimitError
 from coa.fence import unfence
@@ -480,14 +480,14 @@ class Explorer:
     def citations(self, answer: str) -> list[Citation]:
         """Where the spans the run saw hold the answer (for a choice, its option's text) or a
         sub-call's answer that agrees with it: word for word, or the sentence it rests on."""
-        target = answer
-        if self.task.kind is Kind.MCQ and (letter := choice_letter(answer, len(self.task.choices))):
-            target = self.task.choices[ord(letter) - ord("A")]
-        words, question = content_words(target), query_text(self.task)
+        targets = [answer]
+        if self.task.kind is Kind.MCQ and (letters := picked_letters(answer, len(self.task.choices))):
+            targets = [self.task.choices[ord(letter) - ord("A")] for letter in letters]  # each option picked
+        words, question = content_words(" ".join(targets)), query_text(self.task)
         found: dict[tuple[int, int], Citation] = {}
         for seen in self.seen:
             text = self.document[seen.start : seen.end]
-            lines = [target] + ([seen.answer] if agrees(seen.answer, words) else [])
+            lines = targets + ([seen.answer] if agrees(seen.answer, words) else [])
             for line in filter(str.strip, lines):
                 if instruction_shaped(line):
                     continue

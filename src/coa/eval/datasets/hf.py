@@ -11,8 +11,9 @@ overrides the layout's metric and is needed where the layout names none.
 LongBench rows (`context`, `input`, `answers`, `all_classes`, `_id`, `dataset`) are scored
 with LongBench's metric for their dataset, named by CONFIG, else each row's `dataset`,
 else NAME's file name (hotpotqa.jsonl). L-Eval rows (`input` the document, lists of
-`instructions` and `outputs`, `evaluation`) give one example per question, scored as
-`evaluation` says: exam (option letter), rouge, f1, em.
+`instructions` and `outputs`, `evaluation`) give one example per question, read as leval:TASK
+reads them (coa.eval.datasets.leval_rows; the task is CONFIG, else NAME's file name): exam
+(option letters, or true/false for sci_fi), rouge, f1, em; rows left to a judge are skipped.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from coa.errors import ConfigError, InputError
-from coa.eval.datasets import Example, Source, dataset
+from coa.eval.datasets import Example, Source, dataset, leval_rows
 from coa.eval.datasets.jsonl import LONGBENCH, _answers, make_task, text_field
-from coa.eval.datasets.leval import split_options
 from coa.extras import require
 from coa.task import Kind
 
@@ -34,9 +34,6 @@ LAYOUTS = {  # the columns each layout cannot do without
     "longbench": ("context", "input", "answers"),
     "leval": ("input", "instructions", "outputs"),
 }
-# L-Eval's `evaluation` names. "LLM" and "human" mark rows L-Eval leaves to a judge, which
-# have no automatic metric here: those need --opt metric=...
-LEVAL_METRICS = {"exam": "choice", "rouge": "rouge", "f1": "qa_f1", "em": "exact_match", "exact_match": "exact_match"}
 
 
 @dataset("hf", "a Hugging Face dataset in the LongBench or L-Eval layout: hf:NAME[:CONFIG] "
@@ -62,7 +59,7 @@ def hf(source: Source) -> Iterator[Example]:
     if layout == "longbench":
         yield from _longbench(table, where, config, Path(name).stem.removesuffix("_e"), metric)
     else:
-        yield from _leval(table, where, metric, source)
+        yield from _leval(table, where, config or Path(name).stem, metric, source)
 
 
 def _name(argument: str) -> tuple[str, str | None]:
@@ -149,28 +146,6 @@ def _longbench(table: Iterable[dict], where: str, config: str | None, stem: str,
                       meta={"dataset": name, "all_classes": row.get("all_classes") or [], "length": row.get("length")})
 
 
-def _leval(table: Iterable[dict], where: str, metric: str | None, source: Source) -> Iterator[Example]:
-    for d, row in enumerate(table):
-        at = f"{where} row {d}"
-        document = text_field(row, at, "input", required=True) or ""
-        instructions, outputs = row.get("instructions"), row.get("outputs")
-        if not (isinstance(instructions, list) and all(isinstance(i, str) for i in instructions)
-                and isinstance(outputs, list) and len(instructions) == len(outputs)):
-            raise InputError(f"{at}: 'instructions' (texts) and 'outputs' must be lists of the same length")
-        evaluation = row.get("evaluation")
-        tokens = source.count_tokens(document)  # once per document, not per question
-        for q, (instruction, output) in enumerate(zip(instructions, outputs, strict=True)):
-            question, options = split_options(instruction)
-            chosen = metric or LEVAL_METRICS.get(evaluation or "")
-            if chosen is None:
-                raise InputError(f"{at}: evaluation {evaluation!r} has no automatic metric; choose one with --opt metric=...")
-            if chosen == "choice" and not metric and len(options) < 2:
-                chosen = "exact_match"  # an "exam" without lettered options (topic retrieval): the answer itself
-            if chosen == "choice":
-                task = make_task(at, document, question, Kind.MCQ, tuple(options))
-            elif chosen in ("rouge", "rougeL"):
-                task = make_task(at, document, instruction.strip(), Kind.SUMMARIZE)
-            else:
-                task = make_task(at, document, instruction.strip(), Kind.QA)
-            yield Example(id=f"{d}-{q}", task=task, references=[str(output)], metric=chosen,
-                          meta={"tokens": tokens, "document": d, "evaluation": evaluation})
+def _leval(table: Iterable[dict], where: str, name: str, metric: str | None, source: Source) -> Iterator[Example]:
+    rows = ((f"{where} row {d}", row) for d, row in enumerate(table))
+    yield from leval_rows.examples(rows, where, name, source.count_tokens, metric, evaluation_meta=True)

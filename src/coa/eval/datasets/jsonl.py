@@ -44,6 +44,11 @@ def rows(source: Source) -> Iterator[tuple[int, dict]]:
     path = Path(source.argument)
     if not source.argument or not path.is_file():
         raise InputError(f"{source.argument or '(no path)'}: no such JSONL file")
+    return read_rows(path)
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of the JSONL file at `path`."""
     with path.open("rb") as lines:
         for n, raw in enumerate(lines, 1):
             try:
