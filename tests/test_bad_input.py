@@ -231,6 +231,8 @@ CASES = [
     Case("lm-eval-unknown-strategy", lambda w: ["lm-eval", "--", "--model", "coa", "--model_args", "strategy=fastest,model=scripted",
                                                 "--tasks", "longbench_coa_tiny", "--include_path",
                                                 Path(__file__).parent / "fixtures" / "lm_eval"], "unknown strategy 'fastest'"),
+    Case("ask-auto-unknown-candidate", ask("-s", "auto", "-o", "candidates=vanilla,fastest"),
+         "option candidates: fastest; choose from vanilla, rag, coa"),
     Case("lm-eval-unknown-task", lambda w: ["lm-eval", "--", "--model", "coa", "--model_args", "model=scripted",
                                             "--tasks", "no_such_task"], "Tasks not found: no_such_task"),
     Case("multipath-zero-paths", ask("-s", "coa-multipath", "-o", "paths=perm", "-o", "n=0"), "option n must be 1 to 16"),

@@ -98,7 +98,7 @@ def needle_file(books, embedded, tmp_path_factory):
 
 
 @pytest.mark.parametrize("strategy", ["coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce",
-                                      "recite", "readagent", "memagent", "longagent", "longrag", "rlm", "graphreader"])
+                                      "recite", "readagent", "memagent", "longagent", "longrag", "rlm", "graphreader", "auto"])
 def test_every_strategy_runs_on_the_real_model(strategy, needle_file, embedded):
     result = run_cli("ask", needle_file, "What is the secret password to the castle vault?",
                      "--strategy", strategy, "--window", "2048", "--json")
