@@ -644,3 +644,18 @@ def test_a_long_question_finds_a_sentence_by_four_of_its_words():
     document = f"{filler} {target} {filler}"
     assert len(content_words(target) & content_words(question)) == 4
     assert [c.text for c in related(document, 0, len(document), question, [], 0)] == [target]
+
+
+def test_focus_keeps_the_line_holding_most_of_the_question_where_its_words_are_common():
+    """In a document of fantasy series, "science fantasy series of young adult books" holds no word
+    the document seldom uses, yet it names the answer: the line sharing the most of the question's
+    words stays beside the line about its rarer words, and a line sharing fewer goes."""
+    question = "What science fantasy young adult series, told in first person, has companion books?"
+    answer = "Animorphs is a science fantasy series of young adult books."
+    rare = "It is told in first person by its six main characters."
+    other = "Her debut young adult novel is set beside her Parasol Protectorate series."
+    common = " ".join(f"Series {i} is a science fantasy series of young adult books by author {i}." for i in range(30))
+    document = f"{common} {answer} {rare} {other}"
+    found = [Citation(x, document.index(x), document.index(x) + len(x), 0, line=x) for x in (answer, rare, other)]
+    assert not content_words(answer) - common_words(document) & content_words(question)
+    assert [c.line for c in connected(found, document, question)] == [answer, rare]

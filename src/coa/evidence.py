@@ -171,7 +171,7 @@ def related(document: str, start: int, end: int, question: str, known: Sequence[
     small reader often answers instead of copying, or copies the wrong line; these lines are found
     by their words, as the manager will read them."""
     asked = content_words(question)
-    need = max(2, min(4, (len(asked) + 2) // 3))
+    need = enough(asked)
     common = common_words(document)
     rare = subject_words(document, question)
     # A bridge names one thing: a word that few sentences use ("Kwame", not "kept"), in evidence about
@@ -193,6 +193,11 @@ def related(document: str, start: int, end: int, question: str, known: Sequence[
     return [citation(document, span, worker) for span in sorted(best)]
 
 
+def enough(asked: Collection[str]) -> int:
+    """How many of the question's content words a sentence must hold to bear on it plainly: a third, from 2 to 4."""
+    return max(2, min(4, (len(asked) + 2) // 3))
+
+
 def subject_words(document: str, question: str) -> set[str]:
     """The question's content words that the document seldom uses: what it is about ("crimson", "title"),
     not the words every sentence of its kind holds ("room", "king")."""
@@ -211,10 +216,12 @@ def common_words(document: str) -> frozenset[str]:
 
 def connected(evidence: Sequence[Citation], document: str, question: str, hops: int = MAX_HOPS) -> list[Citation]:
     """The evidence about the question's subject (lines holding a word of it the document seldom
-    uses: "crimson") and the lines linked to those through what they name beyond the question (the
-    person of a first hop, then that person's locker), up to `hops` links; all of it where no line
-    holds the subject. A small manager answers from the first line that looks like an answer
-    ("Nadia's locker number is ..."), so the lines that merely share the question's common words go."""
+    uses: "crimson", and the lines holding the most of the question's words, where those are enough
+    to bear on it plainly: "science fantasy series of young adult books" in a document of such
+    series) and the lines linked to those through what they name beyond the question (the person of
+    a first hop, then that person's locker), up to `hops` links; all of it where no line holds the
+    subject. A small manager answers from the first line that looks like an answer ("Nadia's locker
+    number is ..."), so the lines that merely share the question's common words go."""
     asked = content_words(question)
     common = common_words(document)
     rare = asked - common
@@ -222,6 +229,8 @@ def connected(evidence: Sequence[Citation], document: str, question: str, hops: 
     kept = {i for i, w in enumerate(words) if w & rare}
     if not kept:
         return list(evidence)
+    best = max(len(w & asked) for w in words)
+    kept |= {i for i, w in enumerate(words) if len(w & asked) == best >= enough(asked)}
     for _ in range(hops):
         bridges = set().union(*(words[i] for i in kept)) - asked - common
         more = {i for i, w in enumerate(words) if i not in kept and w & bridges}
