@@ -28,9 +28,11 @@ def test_rouge_is_the_geometric_mean_of_rouge_1_2_l():
 
 
 def test_code_edit_similarity_uses_the_first_line():
-    assert score("code_sim", "    return x + 1\nprint(x)", ["return x + 1"]) == 1.0
-    # "return x + 2" vs "return x + 1": one substitution in 12 characters -> ratio 1 - 2/24.
-    assert score("code_sim", "```python\nreturn x + 2\n```", ["return x + 1"]) == pytest.approx(1 - 2 / 24)
+    assert score("code_sim", "return x + 1\nprint(x)", ["return x + 1"]) == 1.0
+    # The line as written: its indentation counts (12 of 16 and 12 characters match: 24/28, 86%).
+    assert score("code_sim", "    return x + 1\nprint(x)", ["return x + 1"]) == 0.86
+    # "return x + 2" vs "return x + 1": 11 of 12 characters match (22/24, 92%); fence and comment lines are skipped.
+    assert score("code_sim", "```python\n# add one\nreturn x + 2\n```", ["return x + 1"]) == 0.92
     assert score("code_sim", "", ["return x"]) == 0.0
 
 

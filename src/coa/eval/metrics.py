@@ -5,13 +5,12 @@ through the `chainofagents.metrics` entry point group: a function
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import cache
-
-from rapidfuzz import fuzz
 
 from coa.answers import choice_letter, choice_letters, normalize_answer
 from coa.extras import require
@@ -76,10 +75,14 @@ def rouge_l(prediction: str, reference: str, **context) -> float:
 
 @metric("code_sim")
 def code_sim(prediction: str, reference: str, **context) -> float:
-    """Edit similarity of the first line of code (LongBench's code_sim_score)."""
-    lines = prediction.lstrip("\n").split("\n")
-    line = next((text for text in lines if text.strip() and not text.strip().startswith(("`", "#", "//"))), "")
-    return fuzz.ratio(line.strip(), reference.strip()) / 100
+    """Edit similarity of the first line of code, as LongBench's code_sim_score computes it: the first
+    line that is not blank and holds none of ` # //, as written (its indentation kept), against the
+    reference by difflib's ratio in whole percents (fuzzywuzzy's `fuzz.ratio`); 0 where either is empty."""
+    lines = prediction.split("\n")
+    line = next((text for text in lines if text.strip() and not any(mark in text for mark in ("`", "#", "//"))), "")
+    if not line or not reference:
+        return 0.0
+    return round(100 * difflib.SequenceMatcher(None, line, reference).ratio()) / 100
 
 
 @metric("needle")
