@@ -112,6 +112,13 @@ def test_a_choice_is_checked_by_its_options_text():
         False, "the answer names no option, so no evidence can support it")
 
 
+def test_an_answer_of_several_letters_is_checked_by_every_option_it_picks():
+    choices = ("9591300", "rustic-quartz", "4417")
+    assert check_support(Kind.MCQ, "AB", QUERY, choices, EVIDENCE) == (True, None)
+    supported, warning = check_support(Kind.MCQ, "A, C", QUERY, choices, EVIDENCE)
+    assert supported is False and warning.endswith("(not in any citation: 4417)")
+
+
 def test_without_citations_or_for_summaries_and_code_support_is_not_checked():
     assert check_support(Kind.QA, "anything", QUERY, (), None) == (None, None)
     assert check_support(Kind.SUMMARIZE, "anything", "", (), EVIDENCE) == (None, None)

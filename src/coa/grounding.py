@@ -174,18 +174,18 @@ def unsupported_words(answer: str, question: str, cited: Sequence[str]) -> set[s
 def check_support(kind: Kind, answer: str, question: str, choices: Sequence[str],
                   citations: Sequence[Citation] | None) -> tuple[bool | None, str | None]:
     """Whether the answer rests on its citations: every content word it adds to the question (for a
-    choice, its option's text) is in a cited span. None for a strategy that does not cite, and for
-    summaries and code, whose answers are not a few words to look for. The second value is a warning
-    for an unsupported answer."""
+    choice, the text of each option it picks) is in a cited span. None for a strategy that does not
+    cite, and for summaries and code, whose answers are not a few words to look for. The second value
+    is a warning for an unsupported answer."""
     if citations is None or kind not in (Kind.QA, Kind.MCQ):
         return None, None
     if kind is Kind.MCQ:
-        from coa.answers import choice_letter
+        from coa.answers import picked_letters
 
-        letter = choice_letter(answer, len(choices))
-        if letter is None:
+        letters = picked_letters(answer, len(choices))
+        if not letters:
             return False, "the answer names no option, so no evidence can support it"
-        answer = choices[ord(letter) - ord("A")]
+        answer = " ".join(choices[ord(letter) - ord("A")] for letter in letters)
     if not citations:
         return False, "the answer is not supported: no evidence was cited"
     missing = unsupported_words(answer, question, [c.text for c in citations])
