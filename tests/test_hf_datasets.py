@@ -1,4 +1,4 @@
-"""hf:NAME[:CONFIG]: Hugging Face datasets in the LongBench and L-Eval layouts, from local data only."""
+"""hf:NAME[:CONFIG]: Hugging Face datasets in the LongBench, L-Eval and LongBench v2 layouts, from local data only."""
 
 import importlib.util
 import json
@@ -114,6 +114,23 @@ def test_leval_layout_gives_one_example_per_question(tmp_path, form):
 
 
 @needs_datasets
+def test_longbench_v2_layout_reads_the_rows_as_longbench2_does(tmp_path):
+    from test_longbench_v2 import ROWS
+
+    # THUDM/LongBench-v2 has one split, train.
+    path = saved(ROWS, tmp_path / "lb2", "train")
+    got = examples(f"hf:{path}", split="train")
+    assert [(e.id, e.task.kind, e.task.choices[1], e.references, e.metric) for e in got] == [
+        ("66f36490821e116aacb2cc22", Kind.MCQ, "Pennick", ["B"], "answer_phrase"),
+        ("66f36490821e116aacb2cc23", Kind.MCQ, "A ticket", ["C"], "answer_phrase")]
+    assert got[1].meta["difficulty"] == "hard"
+    assert {e.metric for e in examples(f"hf:{path}", split="train", metric="choice")} == {"choice"}
+    bad = saved([{**ROWS[0], "answer": "E"}], tmp_path / "bad")
+    with pytest.raises(InputError, match=r"row 0: 'answer' must be one of the letters A, B, C, D"):
+        examples(f"hf:{bad}", layout="longbench2")
+
+
+@needs_datasets
 def test_leval_rows_left_to_a_judge_need_a_metric(tmp_path):
     path = jsonl([{**LEVAL_ROWS[0], "evaluation": "LLM"}], tmp_path / "judged.jsonl")
     with pytest.raises(InputError, match=r"evaluation 'LLM' has no automatic metric.*--opt metric="):
@@ -124,12 +141,12 @@ def test_leval_rows_left_to_a_judge_need_a_metric(tmp_path):
 @needs_datasets
 def test_layout_columns_and_split_are_checked(tmp_path):
     lb = saved(LONGBENCH_ROWS, tmp_path / "lb")
-    with pytest.raises(ConfigError, match="layout='scrolls' is not valid: expected auto, longbench or leval"):
+    with pytest.raises(ConfigError, match="layout='scrolls' is not valid: expected auto, longbench, leval or longbench2"):
         examples(f"hf:{lb}", layout="scrolls")
     with pytest.raises(InputError, match="no columns 'instructions', 'outputs' \\(the leval layout needs"):
         examples(f"hf:{lb}", layout="leval")
     other = jsonl([{"text": "a story", "label": 1}], tmp_path / "other.jsonl")
-    with pytest.raises(InputError, match="columns text, label fit neither layout"):
+    with pytest.raises(InputError, match="columns text, label fit no layout \\(longbench: context, input, answers; leval: .*; longbench2: context, question"):
         examples(f"hf:{other}")
     by_split = saved(LEVAL_ROWS, tmp_path / "by-split", "validation")
     with pytest.raises(InputError, match="no split 'test'; it has validation"):

@@ -1,11 +1,11 @@
-"""Hugging Face datasets in the LongBench or L-Eval layout: hf:NAME[:CONFIG].
+"""Hugging Face datasets in the LongBench, L-Eval or LongBench v2 layout: hf:NAME[:CONFIG].
 
 NAME is a directory written by `save_to_disk` (a Dataset, or a DatasetDict from which
 `split` picks), a directory of data files, a .json/.jsonl/.parquet file, or a hub name
 such as THUDM/LongBench (this needs the hub or its cache; nothing else is fetched).
 
 Options: `split` (default test; a single saved Dataset or data file is used whole),
-`layout` (auto, longbench or leval; auto goes by the columns) and `metric`, which
+`layout` (auto, longbench, leval or longbench2; auto goes by the columns) and `metric`, which
 overrides the layout's metric and is needed where the layout names none.
 
 LongBench rows (`context`, `input`, `answers`, `all_classes`, `_id`, `dataset`) are scored
@@ -14,6 +14,8 @@ else NAME's file name (hotpotqa.jsonl). L-Eval rows (`input` the document, lists
 `instructions` and `outputs`, `evaluation`) give one example per question, read as leval:TASK
 reads them (coa.eval.datasets.leval_rows; the task is CONFIG, else NAME's file name): exam
 (option letters, or true/false for sci_fi), rouge, f1, em; rows left to a judge are skipped.
+LongBench v2 rows (`question`, `choice_A` to `choice_D`, `answer`, `context`: THUDM/LongBench-v2,
+whose one split is train) are read as longbench2:PATH reads them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from coa.errors import ConfigError, InputError
-from coa.eval.datasets import Example, Source, dataset, leval_rows
+from coa.eval.datasets import Example, Source, dataset, leval_rows, longbench2
 from coa.eval.datasets.jsonl import LONGBENCH, _answers, make_task, text_field
 from coa.extras import require
 from coa.task import Kind
@@ -33,16 +35,18 @@ FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 LAYOUTS = {  # the columns each layout cannot do without
     "longbench": ("context", "input", "answers"),
     "leval": ("input", "instructions", "outputs"),
+    "longbench2": ("context", "question", "choice_A", "choice_B", "choice_C", "choice_D", "answer"),
 }
 
 
-@dataset("hf", "a Hugging Face dataset in the LongBench or L-Eval layout: hf:NAME[:CONFIG] "
+@dataset("hf", "a Hugging Face dataset in the LongBench, L-Eval or LongBench v2 layout: hf:NAME[:CONFIG] "
                "(save_to_disk directory, json/jsonl/parquet file or hub name; split, layout, metric)")
 def hf(source: Source) -> Iterator[Example]:
     from coa.eval.metrics import METRICS
 
     split = source.option("split", "test")
-    layout = source.option("layout", "auto", valid=lambda v: v in ("auto", *LAYOUTS), expected="auto, longbench or leval")
+    layout = source.option("layout", "auto", valid=lambda v: v in ("auto", *LAYOUTS),
+                           expected="auto, longbench, leval or longbench2")
     metric = source.option("metric", None, valid=lambda v: v in METRICS, expected="one of " + ", ".join(sorted(METRICS)))
     name, config = _name(source.argument)
     where = f"hf:{name}"
@@ -51,13 +55,15 @@ def hf(source: Source) -> Iterator[Example]:
     if layout == "auto":
         layout = next((lay for lay, needed in LAYOUTS.items() if set(needed) <= set(columns)), None)
         if layout is None:
-            raise InputError(f"{where}: columns {', '.join(columns)} fit neither layout "
-                             f"(longbench: {', '.join(LAYOUTS['longbench'])}; leval: {', '.join(LAYOUTS['leval'])})")
+            needs = "; ".join(f"{lay}: {', '.join(needed)}" for lay, needed in LAYOUTS.items())
+            raise InputError(f"{where}: columns {', '.join(columns)} fit no layout ({needs})")
     missing = [c for c in LAYOUTS[layout] if c not in columns]
     if missing:
         raise InputError(f"{where}: no column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} (the {layout} layout needs {', '.join(LAYOUTS[layout])})")
     if layout == "longbench":
         yield from _longbench(table, where, config, Path(name).stem.removesuffix("_e"), metric)
+    elif layout == "longbench2":
+        yield from longbench2.examples(((f"{where} row {n}", row) for n, row in enumerate(table)), metric)
     else:
         yield from _leval(table, where, config or Path(name).stem, metric, source)
 
