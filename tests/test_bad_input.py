@@ -223,6 +223,7 @@ CASES = [
     Case("ask-window-below-range", lambda w: ["ask", w.story, "Q?", "--window", "5"], "--window"),
     Case("ask-negative-temperature", ask("--temperature", "-1"), "--temperature"),
     Case("ask-nan-temperature", ask("--temperature", "nan"), "'--temperature': must be a finite number"),
+    Case("ask-answer-tokens-below-floor", ask("--max-answer-tokens", "8"), "'--max-answer-tokens': 8 is not in the range x>=16"),
     Case("summarize-inf-temperature", lambda w: ["summarize", w.story, *SCRIPTED, "--temperature", "inf"],
          "'--temperature': must be a finite number"),
     Case("ask-missing-question", lambda w: ["ask", w.story], "give a question"),

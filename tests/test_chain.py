@@ -212,6 +212,24 @@ def test_generation_limits_are_sized_for_the_role_and_kind():
     assert model.max_tokens[-1] == task_format("qa").max_tokens
 
 
+@pytest.mark.parametrize("strategy", ["coa", "vanilla", "rag"])
+def test_max_answer_tokens_sets_only_the_answering_calls_limit(strategy):
+    from coa.strategies import get_strategy
+
+    model = ScriptedModel([], context_window=1000)
+    config = Config(window=1000, max_cu_tokens=40, max_answer_tokens=24)
+    get_strategy(strategy)(model, config).run(Task(document(30), "Who?"))
+    assert model.max_tokens[-1] == 24 != task_format("qa").max_tokens
+    assert all(limit != 24 for limit in model.max_tokens[:-1])
+
+
+def test_max_answer_tokens_joins_the_fingerprint_only_where_set():
+    from coa.identity import run_settings
+
+    assert "max_answer_tokens" not in run_settings("embedded", Config())  # results stored before it keep theirs
+    assert run_settings("embedded", Config(max_answer_tokens=24))["max_answer_tokens"] == 24
+
+
 def test_grounding_drops_sentences_the_sources_do_not_contain():
     text = document(30)
     outputs = ["The password is swordfish. Sentence number 3 tells of event 3 in the story."] + ["Made up claim."] * 40

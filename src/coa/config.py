@@ -16,6 +16,7 @@ class Config:
     temperature: float = 0.0
     seed: int | None = None
     prompts_dir: Path | None = None  # searched for prompt files before the package's own
+    max_answer_tokens: int | None = None  # the answer's generation limit (at least 16); default: its kind's in tasks.yaml
     concurrency: int = 4  # model calls in flight at once, for strategies whose calls are independent
     # Limits of a run, checked before each call: past them a run stops with LimitError, or, where the
     # strategy keeps room for it (coa's manager), answers from what it has read.

@@ -44,6 +44,8 @@ def run_settings(model: str, config: Config) -> dict[str, Any]:
         "max_calls": config.max_calls, "max_total_tokens": config.max_total_tokens, "max_seconds": config.max_seconds,
         "prompts_dir": str(config.prompts_dir.resolve()) if config.prompts_dir else None,
         "prompts": prompt_sets(config.prompts_dir),
+        # Only where set, so that the results stored before the setting existed keep their fingerprints.
+        **({"max_answer_tokens": config.max_answer_tokens} if config.max_answer_tokens is not None else {}),
     }
 
 

@@ -35,7 +35,11 @@ class Window:
         return self.config.cu_limit(self.size)
 
     def answer_tokens(self, task: Task) -> int:
-        """The generation limit the task's kind asks for (its prompt set's `max_tokens`)."""
+        """The generation limit of the task's answer: the run's max_answer_tokens (at least
+        MIN_ANSWER_TOKENS, below which no answer is asked for), else what its kind asks for (its
+        prompt set's `max_tokens`)."""
+        if self.config.max_answer_tokens is not None:
+            return max(budget.MIN_ANSWER_TOKENS, self.config.max_answer_tokens)
         return task_format(task.kind, self.config.prompts_dir).max_tokens
 
     # -- what fits ---------------------------------------------------------------------------

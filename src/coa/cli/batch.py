@@ -46,7 +46,7 @@ ANSWERS = "answers.jsonl"
 @click.option("--replace", is_flag=True,
               help="Drop the results --out holds (of this corpus or another) and start over.")
 def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key, cache, window, max_cu_tokens, temperature, timeout,
-          requirement, max_calls, max_total_tokens, max_seconds, prompts_dir, seed, concurrency, executor, ray_address, limit, resume, retry_errors,
+          requirement, max_calls, max_total_tokens, max_seconds, max_answer_tokens, prompts_dir, seed, concurrency, executor, ray_address, limit, resume, retry_errors,
           replace) -> None:
     """Answer every row of IN.jsonl with each strategy; results stream into OUT/results.sqlite.
 
@@ -62,8 +62,8 @@ def batch(corpus, out, strategies, opts, model, base_url, api_key, embed_api_key
     labels = [label + suffix for text in strategies for label in comma_list(text)]
     dataset = f"batch:{corpus.name}"
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, max_calls=max_calls,
-                    max_total_tokens=max_total_tokens, max_seconds=max_seconds, prompts_dir=prompts_dir,
-                    embed_api_key=embed_api_key)
+                    max_total_tokens=max_total_tokens, max_seconds=max_seconds, max_answer_tokens=max_answer_tokens,
+                    prompts_dir=prompts_dir, embed_api_key=embed_api_key)
     evaluation = Evaluation(dataset=dataset, strategies=labels, model=model, config=config, requirement=requirement,
                             limit=limit, concurrency=concurrency, out=out, resume=resume, retry_errors=retry_errors,
                             base_url=base_url, api_key=api_key, corpus=corpus, replace=replace)

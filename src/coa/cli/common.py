@@ -45,6 +45,15 @@ def prompts_dir_option(command):
                         help="Directory of prompt files overriding the packaged ones.")(command)
 
 
+def max_answer_tokens_option(command, *, who: str = "The answer"):
+    """--max-answer-tokens: the final answer's generation limit, in place of its kind's in tasks.yaml."""
+    from coa.budget import MIN_ANSWER_TOKENS
+
+    return click.option("--max-answer-tokens", type=click.IntRange(min=MIN_ANSWER_TOKENS),
+                        help=f"{who} may be at most this many tokens (default: its kind's max_tokens in the prompt "
+                        "files; still within what the window leaves).")(command)
+
+
 def max_seconds_option(command, *, who: str = "Stop", after: str = ""):
     """--max-seconds: a wall-clock budget per run, checked before each call."""
     return click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), callback=_finite_or_none,

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import click
 
-from coa.cli.common import Interrupts, cli, fail, max_seconds_option, model_options, prompts_dir_option, stderr
+from coa.cli.common import (
+    Interrupts,
+    cli,
+    fail,
+    max_answer_tokens_option,
+    max_seconds_option,
+    model_options,
+    prompts_dir_option,
+    stderr,
+)
 from coa.config import Config
 from coa.errors import CoaError, ConfigError, InputError
 
@@ -38,6 +47,7 @@ def run_limit_options(command):
         click.option("--max-total-tokens", type=click.IntRange(min=1),
                      help="Each pair spends at most this many prompt + completion tokens (likewise)."),
         partial(max_seconds_option, who="Each pair stops"),
+        partial(max_answer_tokens_option, who="Each answer"),
         prompts_dir_option,
     ]
     for option in reversed(options):
@@ -80,7 +90,7 @@ def make_executor(executor: str, ray_address: str | None, concurrency: int, spec
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. length=6000 (repeatable).")
 @executor_options
 def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, cache, window, max_cu_tokens, temperature, timeout,
-             requirement, max_calls, max_total_tokens, max_seconds, prompts_dir, limit, concurrency, out, resume, retry_errors, rerun, seed, data_dir,
+             requirement, max_calls, max_total_tokens, max_seconds, max_answer_tokens, prompts_dir, limit, concurrency, out, resume, retry_errors, rerun, seed, data_dir,
              opts, executor, ray_address) -> None:
     """Run strategies over a dataset; results stream into OUT/results.sqlite."""
     from coa.eval.executors import ModelSpec
@@ -90,8 +100,8 @@ def evaluate(dataset, strategies, model, base_url, api_key, embed_api_key, cache
     from coa.strategies.options import parse_pairs
 
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed, max_calls=max_calls,
-                    max_total_tokens=max_total_tokens, max_seconds=max_seconds, prompts_dir=prompts_dir,
-                    embed_api_key=embed_api_key)
+                    max_total_tokens=max_total_tokens, max_seconds=max_seconds, max_answer_tokens=max_answer_tokens,
+                    prompts_dir=prompts_dir, embed_api_key=embed_api_key)
     evaluation = Evaluation(
         dataset=dataset, strategies=comma_list(strategies), model=model, config=config, requirement=requirement,
         limit=limit, concurrency=concurrency, out=out, resume=resume, retry_errors=retry_errors,

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import click
 
-from coa.cli.common import Interrupts, cli, fail, max_seconds_option, model_options, prompts_dir_option, stderr
+from coa.cli.common import (
+    Interrupts,
+    cli,
+    fail,
+    max_answer_tokens_option,
+    max_seconds_option,
+    model_options,
+    prompts_dir_option,
+    stderr,
+)
 from coa.cli.progress import CallPrinter
 from coa.config import Config
 from coa.documents import read_document
@@ -30,6 +39,7 @@ def run_options(command):
         click.option("--max-calls", type=click.IntRange(min=1), help="Make at most this many model calls (coa answers from what it read by then)."),
         click.option("--max-total-tokens", type=click.IntRange(min=1), help="Spend at most this many prompt + completion tokens (likewise)."),
         max_seconds_option,
+        max_answer_tokens_option,
         prompts_dir_option,
         click.option("--json", "as_json", is_flag=True, help="Print the answer and the full trace as one JSON object."),
         click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Also write the trace as JSON to this file."),
@@ -82,7 +92,7 @@ def _run(file: str, make_tasks, **settings) -> None:
 
 def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, model, base_url, api_key, embed_api_key, cache, window,
            max_cu_tokens, requirement, temperature, timeout, seed, concurrency, max_calls, max_total_tokens, max_seconds,
-           prompts_dir, as_json, trace, verbose) -> None:
+           max_answer_tokens, prompts_dir, as_json, trace, verbose) -> None:
     from coa.models.registry import load_model
     from coa.prompts import task_format
     from coa.strategies import get_strategy
@@ -100,7 +110,7 @@ def _solve(file: str, make_tasks, interrupts: Interrupts, *, strategy, opts, mod
     backend = load_model(model, window=window, base_url=base_url, api_key=api_key, timeout=timeout, cache=cache)
     config = Config(window=window, max_cu_tokens=max_cu_tokens, temperature=temperature, seed=seed,
                     concurrency=concurrency, prompts_dir=prompts_dir, max_calls=max_calls, max_total_tokens=max_total_tokens,
-                    max_seconds=max_seconds, embed_api_key=embed_api_key)
+                    max_seconds=max_seconds, max_answer_tokens=max_answer_tokens, embed_api_key=embed_api_key)
     with CallPrinter(stderr, verbose=verbose) as printer:
         try:
             results = solver(backend, config, observer=printer, options=options).run_many(tasks)

@@ -32,7 +32,7 @@ from coa.task import Kind
 
 # Settings that must match for a resumed run to extend the same experiment.
 FIXED = ("model", "window", "max_cu_tokens", "temperature", "seed", "options", "max_calls", "max_total_tokens",
-         "max_seconds", "prompts_dir")
+         "max_seconds", "max_answer_tokens", "prompts_dir")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ def run_config(evaluation: Evaluation) -> dict[str, Any]:
         "max_calls": evaluation.config.max_calls,
         "max_total_tokens": evaluation.config.max_total_tokens,
         "max_seconds": evaluation.config.max_seconds,
+        "max_answer_tokens": evaluation.config.max_answer_tokens,
         "prompts_dir": str(evaluation.config.prompts_dir.resolve()) if evaluation.config.prompts_dir else None,
         "requirement": evaluation.requirement,
         "limit": evaluation.limit,

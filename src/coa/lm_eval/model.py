@@ -23,8 +23,7 @@ is one ConfigError line that lists the known ones. The api key is never logged, 
 
 Each request runs the strategy once, on the document and question that `coa.lm_eval.split`
 takes from the request's doc. The request's `max_gen_toks` is the generation limit of the final
-answering call (the answer kind's `max_tokens` in a prompts directory of the run's own; still
-capped by what fits in the window; below coa's floor of 16 answer tokens the call gets 16 and the
+answering call (the run's `max_answer_tokens`; still capped by what fits in the window; below coa's floor of 16 answer tokens the call gets 16 and the
 answer is cut to `max_gen_toks` tokens after), and the answer is cut at the first of its `until`
 strings.
 lm-eval's sampling settings (`temperature`, `do_sample`) are not used: `temperature` in
@@ -36,13 +35,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
@@ -150,7 +146,6 @@ class CoaLM(LM):
         if self.usage_path is not None:
             self.usage_path.parent.mkdir(parents=True, exist_ok=True)
             self.usage_path.write_text("", encoding="utf-8")  # this run's requests only
-        self._answer_dirs: dict[int, tempfile.TemporaryDirectory[str]] = {}
         self._warned: set[str] = set()
         self.usage: list[dict[str, Any]] = []  # one entry per request, in the order answered
         from coa.models.registry import load_model
@@ -204,26 +199,8 @@ class CoaLM(LM):
     def run(self, split: Split, max_gen_toks: int, kind: Kind) -> Result:
         query = None if kind is Kind.CODE and split.instructed else split.question or None
         task = Task(split.document, query, kind, requirement=self.requirement)
-        config = replace(self.config, prompts_dir=self.answer_dir(max(max_gen_toks, MIN_ANSWER_TOKENS)))
+        config = replace(self.config, max_answer_tokens=max(max_gen_toks, MIN_ANSWER_TOKENS))
         return self.strategy(self.backend, config, options=self.options).run(task)
-
-    def answer_dir(self, max_gen_toks: int) -> Path:
-        """A prompts directory whose tasks.yaml gives every answer kind `max_gen_toks` tokens: the
-        user's prompts_dir (or nothing: the packaged prompts serve) plus that one file."""
-        from coa.prompts import task_format
-
-        if max_gen_toks not in self._answer_dirs:
-            directory = tempfile.TemporaryDirectory(prefix="coa-lm-eval-")
-            root = Path(directory.name)
-            if self.prompts_dir is not None:
-                shutil.copytree(self.prompts_dir, root, dirs_exist_ok=True)
-            kinds = {}
-            for kind in Kind:
-                entry = task_format(kind, self.prompts_dir)
-                kinds[str(kind)] = {"requirement": entry.requirement, "max_tokens": max_gen_toks}
-            (root / "tasks.yaml").write_text(yaml.safe_dump(kinds, sort_keys=False), encoding="utf-8")
-            self._answer_dirs[max_gen_toks] = directory
-        return Path(self._answer_dirs[max_gen_toks].name)
 
     def record(self, request: Any, split: Split, kind: Kind, max_gen_toks: int, answer: str, result: Result | None,
                error: str | None) -> None:
@@ -253,9 +230,6 @@ class CoaLM(LM):
 
     def close(self) -> None:
         self.backend.close()
-        for directory in self._answer_dirs.values():
-            directory.cleanup()
-        self._answer_dirs.clear()
 
 
 CODE_TASKS = ("lcc", "repobench")  # LongBench's next-line code completion
