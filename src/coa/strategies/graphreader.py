@@ -90,7 +90,7 @@ from coa.session import Session
 from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options
 from coa.strategies.retrieval import bm25_scores
-from coa.strategies.toolbox import map_chunks, questions_only, render
+from coa.strategies.toolbox import answer_at_limit, map_chunks, questions_only, render
 from coa.task import Call, Citation, Task, query_text
 
 CHOICE_TOKENS = 48  # a one-line choice of numbers or names
@@ -364,9 +364,7 @@ class Explorer:
         except _StepsSpent:
             ended = "steps"
         except LimitError as e:
-            if not self.notebook:  # nothing to answer from
-                raise
-            session.warnings.append(f"{e}: the answer is from the notebook after {self.steps} exploration step(s)")
+            answer_at_limit(session, e, bool(self.notebook), f"the answer is from the notebook after {self.steps} exploration step(s)")
             ended = "limit"
         return await self.answer(), ended
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -51,7 +51,7 @@ from coa.models.base import Messages, Model, truncate_to_tokens
 from coa.session import Session
 from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options
-from coa.strategies.toolbox import questions_only, render
+from coa.strategies.toolbox import answer_at_limit, fit_history, questions_only, raise_gathered, render
 from coa.task import Call, Citation, Task, query_text
 
 LEADER_TOKENS = 96  # a leader's turn: one question or a short answer, on one line
@@ -139,9 +139,7 @@ class Team:
                 await self.ask(text)
             ended = "cap"
         except LimitError as e:
-            if not self.read:  # nothing to answer from
-                raise
-            session.warnings.append(f"{e}: the leader answered from the {len(self.rounds)} round(s) asked so far")
+            answer_at_limit(session, e, bool(self.read), f"the leader answered from the {len(self.rounds)} round(s) asked so far")
             ended = "limit"
         return await self.answer(), ended
 
@@ -189,7 +187,7 @@ class Team:
                     asked.answers[i] = answer
         if not asked.asked:
             self.rounds.pop()  # no member was asked: nothing to show the leader
-        raise_first(outcomes)  # a member refused by a run limit: the round stays as far as it got
+        raise_gathered(outcomes)  # a member refused by a run limit: the round stays as far as it got
         await self.resolve(asked)
 
     async def resolve(self, asked: Round) -> None:
@@ -217,7 +215,7 @@ class Team:
                 else:
                     asked.answers[i] = answer
             outcome.note = f"members {pair[0]} and {pair[1]}: " + ("no answer from both chunks" if answer is None else "resolved")
-        raise_first(outcomes)
+        raise_gathered(outcomes)
 
     async def resolve_call(self, index: int, asked: Round, pair: tuple[int, int]) -> Call:
         session, reserve = self.session, self.options.member_tokens
@@ -299,13 +297,6 @@ def conflicting(answers: dict[int, str]) -> list[tuple[int, int]]:
     return pairs
 
 
-def raise_first(outcomes: Sequence[object]) -> None:
-    """Raise what a gathered call raised: another error before a run limit."""
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    if errors:
-        raise next((e for e in errors if not isinstance(e, LimitError)), errors[0])
-
-
 # -- fitting the window -------------------------------------------------------------------------
 def views(rounds: list[Round]) -> list[dict[str, Any]]:
     """The rounds as the leader's prompt shows them: agreeing members' answers grouped (members
@@ -329,23 +320,16 @@ def shortened(model: Model, view: dict[str, Any], tokens: int) -> dict[str, Any]
 def fit_dialogue(session: Session, render: Callable[[list[dict[str, Any]], int], Messages], rounds: list[Round],
                  reserve: int) -> tuple[list[dict[str, Any]], int]:
     """The rounds to show and how many were left out, so that `render(shown, left_out)` leaves
-    `reserve` tokens: older rounds' answers shortened first, then the oldest rounds left out, then
+    `reserve` tokens: the rounds' answers shortened first, then the oldest rounds left out, then
     the last round's answers that the fewest members gave."""
-    shown, left_out = views(rounds), 0
-    fits = lambda: session.window.room(render(shown, left_out), reserve) >= 0  # noqa: E731
-    for i in range(len(shown)):
-        if fits():
-            return shown, left_out
-        shown[i] = shortened(session.model, shown[i], SHORT_TOKENS)
-    while len(shown) > 1 and not fits():
-        shown, left_out = shown[1:], left_out + 1
-    while shown and not fits():
+    def fewer(shown: list[dict[str, Any]], left_out: int) -> dict[str, Any] | None:
         last = shown[-1]
         if not last["groups"]:
-            raise ConfigError(f"longagent: the leader's prompt does not fit a {session.window.size}-token window; "
-                              "use a larger --window")
-        shown[-1] = {**last, "groups": last["groups"][:-1], "omitted": last["omitted"] + len(last["groups"][-1]["members"])}
-    return shown, left_out
+            return None
+        return {**last, "groups": last["groups"][:-1], "omitted": last["omitted"] + len(last["groups"][-1]["members"])}
+
+    return fit_history(session, render, views(rounds), reserve, shorten=lambda v: shortened(session.model, v, SHORT_TOKENS),
+                       squeeze=fewer, what="longagent: the leader's prompt")
 
 
 def fit_pair(session: Session, render: Callable[[list[str]], Messages], texts: list[str], answers: list[str],

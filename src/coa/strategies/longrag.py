@@ -62,7 +62,7 @@ from pydantic import Field
 
 from coa.answers import clean_answer, is_refusal, picked_letters
 from coa.chunking import sentences
-from coa.errors import ConfigError, LimitError
+from coa.errors import ConfigError
 from coa.fence import unfence
 from coa.grounding import instruction_shaped, locate, support
 from coa.models.base import Messages, truncate_to_tokens
@@ -70,7 +70,7 @@ from coa.session import Session
 from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options, Place
 from coa.strategies.retrieval import RetrievalOptions, bm25_scores, dense_scores, word_passages
-from coa.strategies.toolbox import questions_only, render
+from coa.strategies.toolbox import questions_only, raise_gathered, render
 from coa.task import Call, Citation, Kind, Task, query_text
 
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
@@ -289,9 +289,7 @@ class Run:
             session.call("filter", k, self.filter_messages(chosen[n].text.strip()), self.options.filter_tokens)
             for k, n in enumerate(order)
         ), return_exceptions=True)
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        if errors:  # a run limit (or another error) before every passage was judged: nothing checked to answer from
-            raise next((e for e in errors if not isinstance(e, LimitError)), errors[0])
+        raise_gathered(outcomes)  # a run limit (or another error) before every passage was judged: nothing checked to answer from
         verdicts: list[bool | None] = [None] * len(chosen)
         for n, call in zip(order, outcomes, strict=True):
             assert isinstance(call, Call)

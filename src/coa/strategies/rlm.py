@@ -87,7 +87,7 @@ from coa.session import Session
 from coa.strategies.base import Strategy, register
 from coa.strategies.options import Options
 from coa.strategies.retrieval import bm25_scores
-from coa.strategies.toolbox import questions_only, render
+from coa.strategies.toolbox import answer_at_limit, fit_history, questions_only, raise_gathered, render
 from coa.task import Call, Citation, Kind, Task, query_text
 
 try:  # a dependency of nltk, so present wherever coa is; without it, search is BM25 only
@@ -238,9 +238,8 @@ class Explorer:
             session.warnings.append(stop.warning)
             why = stop.why
         except LimitError as e:
-            if not any(c.role == "root" for c in session.calls):  # nothing to answer from
-                raise
-            session.warnings.append(f"{e}: the root answered from its notes after {len(self.turns)} call(s)")
+            answer_at_limit(session, e, any(c.role == "root" for c in session.calls),
+                            f"the root answered from its notes after {len(self.turns)} call(s)")
             why = "limit"
         return await self.answer(), why
 
@@ -430,9 +429,7 @@ class Explorer:
         turn.result = "\n".join(f"Part {i + 1}, characters {self.chunks[i].start}-{self.chunks[i].end}: {a}"
                                 for i, a in answers.items())
         turn.record = {"answers": {i: a for i, a in answers.items()}, "parts_read": made}
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        if errors:
-            raise next((e for e in errors if not isinstance(e, LimitError)), errors[0])
+        raise_gathered(outcomes)
 
     def fit_spans(self, spans: list[tuple[int, int]], question: str) -> list[dict[str, Any]]:
         """The spans as one sub-call reads them: whole where they fit its window, else each cut (from
@@ -475,7 +472,7 @@ class Explorer:
                       subcalls_left=self.options.subcalls - self.used, previous=previous, error=error, final=final)
 
     def fitted(self, render_with: Callable[[list[dict[str, Any]], int], Messages], reserve: int) -> Messages:
-        return render_with(*fit_history(self.session, render_with, [t.view() for t in self.turns], reserve))
+        return render_with(*fit_turns(self.session, render_with, [t.view() for t in self.turns], reserve))
 
     def citations(self, answer: str) -> list[Citation]:
         """Where the spans the run saw hold the answer (for a choice, its option's text) or a
@@ -623,24 +620,14 @@ def shortened(session: Session, view: dict[str, Any], tokens: int) -> dict[str, 
     return view if short == view["result"] else {**view, "result": short.rstrip() + " ..."}
 
 
-def fit_history(session: Session, render_with: Callable[[list[dict[str, Any]], int], Messages],
-                views: list[dict[str, Any]], reserve: int) -> tuple[list[dict[str, Any]], int]:
+def fit_turns(session: Session, render_with: Callable[[list[dict[str, Any]], int], Messages],
+              views: list[dict[str, Any]], reserve: int) -> tuple[list[dict[str, Any]], int]:
     """The turns to show and how many were left out, so that `render_with(shown, left_out)` leaves
     `reserve` tokens: older results shortened first (oldest first), then the oldest turns left out,
     then the last result cut to the room that is left."""
-    shown, left_out = list(views), 0
-    fits = lambda: session.window.room(render_with(shown, left_out), reserve) >= 0  # noqa: E731
-    for i in range(len(shown) - 1):
-        if fits():
-            return shown, left_out
-        shown[i] = shortened(session, shown[i], SHORT_TOKENS)
-    while len(shown) > 1 and not fits():
-        shown, left_out = shown[1:], left_out + 1
-    if shown and not fits():
+    def cut(shown: list[dict[str, Any]], left_out: int) -> dict[str, Any] | None:
         room = session.window.room(render_with([{**shown[-1], "result": ""}], left_out), reserve) - 4
-        if room >= MIN_RESULT_TOKENS:
-            shown = [shortened(session, shown[-1], room)]
-    if not fits():
-        raise ConfigError(f"rlm: the root's prompt does not fit a {session.window.size}-token window; "
-                          "use a larger --window")
-    return shown, left_out
+        return shortened(session, shown[-1], room) if room >= MIN_RESULT_TOKENS else None
+
+    return fit_history(session, render_with, views, reserve, shorten=lambda v: shortened(session, v, SHORT_TOKENS),
+                       squeeze=cut, what="rlm: the root's prompt", keep_last=True)

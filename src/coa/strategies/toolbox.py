@@ -4,11 +4,11 @@ calls, and the arithmetic of notes and groups. Strategies import this, never one
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from coa.chunking import Chunk
-from coa.errors import ConfigError
+from coa.errors import ConfigError, LimitError
 from coa.models.base import Messages, count_prompt, truncate_to_tokens
 from coa.session import Session
 from coa.task import Call, Task, query_text
@@ -79,3 +79,45 @@ async def combine_with_manager(session: Session, task: Task, notes: list[str]) -
     session.plan("manager", 1)
     call = await session.call("manager", 0, combine_messages(session, task, fit_notes(session, notes, room)), limit)
     return call.output
+
+
+def raise_gathered(outcomes: Sequence[object]) -> None:
+    """Raise what a call of `asyncio.gather(..., return_exceptions=True)` raised: another error
+    before a run limit, which only says the run stopped."""
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, LimitError)), errors[0])
+
+
+def answer_at_limit(session: Session, error: LimitError, gathered: bool, how: str) -> None:
+    """A run limit reached while exploring: where something was `gathered`, the answer is written from
+    it and a warning says how (`how`); with nothing gathered, the limit stands."""
+    if not gathered:
+        raise error
+    session.warnings.append(f"{error}: {how}")
+
+
+View = dict[str, Any]
+
+
+def fit_history(session: Session, render: Callable[[list[View], int], Messages], views: list[View], reserve: int, *,
+                shorten: Callable[[View], View], squeeze: Callable[[list[View], int], View | None], what: str,
+                keep_last: bool = False) -> tuple[list[View], int]:
+    """The entries of a dialogue (rounds, turns) to show and how many of the oldest were left out,
+    so that `render(shown, left_out)` leaves `reserve` tokens: the entries shortened first, oldest
+    first (the last one too, unless `keep_last`), then the oldest left out, then the last one
+    squeezed (`squeeze(shown, left_out)`: a smaller last entry, or None where it cannot shrink)."""
+    shown, left_out = list(views), 0
+    fits = lambda: session.window.room(render(shown, left_out), reserve) >= 0  # noqa: E731
+    for i in range(len(shown) - keep_last):
+        if fits():
+            return shown, left_out
+        shown[i] = shorten(shown[i])
+    while len(shown) > 1 and not fits():
+        shown, left_out = shown[1:], left_out + 1
+    while not fits():
+        smaller = squeeze(shown, left_out) if shown else None
+        if smaller is None or smaller == shown[-1]:
+            raise ConfigError(f"{what} does not fit a {session.window.size}-token window; use a larger --window")
+        shown[-1] = smaller
+    return shown, left_out
