@@ -205,6 +205,7 @@ CHAT_FAULTS = [
     ({"coa": {"max_total_tokens": 10**30}}, "coa.max_total_tokens"), ({"coa": {"choices": "a"}}, "coa.choices"),
     ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
     ({"model": 5}, "model"), ({"coa": {"options": []}}, "coa.options"),
+    ({"max_tokens": 8}, "max_tokens"), ({"max_completion_tokens": "64"}, "max_completion_tokens"),
 ]
 RUN_FAULTS = [
     ({"max_calls": "5"}, "max_calls"), ({"window": 2048.0}, "window"), ({"max_total_tokens": True}, "max_total_tokens"),
@@ -225,6 +226,16 @@ def test_every_field_has_a_strict_type(tmp_path):
         assert response.status_code == 400, (param, response.text)
         assert one_line_error(response.json())["param"] == param, response.text
     assert [r.status_code for r in numbers] == [200, 200, 200]  # JSON integers are numbers: OpenAI's clients send 0
+
+
+def test_max_completion_tokens_limits_only_the_answering_call(tmp_path):
+    model = ScriptedModel(context_window=512)
+    with running(model, tmp_path) as (base, _):
+        for field in ("max_tokens", "max_completion_tokens"):
+            reply = httpx.post(f"{base}/v1/chat/completions", json=chat_body(**{field: 21}), timeout=30)
+            assert reply.status_code == 200, reply.text
+            assert model.max_tokens[-1] == 21 and 21 not in model.max_tokens[:-1]
+            model.max_tokens.clear()
 
 
 # -- /docs ------------------------------------------------------------------------------------------------

@@ -171,7 +171,8 @@ async def chat_completions(request: Request) -> Response | dict[str, Any]:
     task = checked(lambda: make_task(document, question, settings.task, settings.choices))
     run_config = runner.config_for(settings.window, max_calls=settings.max_calls,
                                    max_total_tokens=settings.max_total_tokens, max_seconds=settings.max_seconds,
-                                   temperature=body.temperature, seed=body.seed)
+                                   temperature=body.temperature, seed=body.seed,
+                                   max_answer_tokens=body.max_completion_tokens or body.max_tokens)
     run = runner.start(owner, strategy, options, task, run_config, stored=False)
     completion = Completion(run, body.model, settings.trace)
     if body.stream:

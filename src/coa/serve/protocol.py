@@ -17,6 +17,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
+from coa.budget import MIN_ANSWER_TOKENS
 from coa.documents import decode_document
 from coa.serve.errors import ApiError, bad_request, checked, validation_error
 from coa.task import Kind, Task
@@ -76,6 +77,9 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] | None = None
     seed: Seed | None = None
+    # The answer's generation limit (Config.max_answer_tokens); coa's answering call needs at least 16.
+    max_completion_tokens: Annotated[int, Field(ge=MIN_ANSWER_TOKENS, le=10**9)] | None = None
+    max_tokens: Annotated[int, Field(ge=MIN_ANSWER_TOKENS, le=10**9)] | None = None  # the older name
     coa: CoaSettings = Field(default_factory=CoaSettings)
 
 
